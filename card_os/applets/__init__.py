@@ -1,0 +1,1 @@
+"""Applets that ship with the card OS."""

@@ -1,0 +1,1 @@
+"""purse_cli package."""
