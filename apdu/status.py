@@ -38,6 +38,22 @@ class SW(IntEnum):
     INS_NOT_SUPPORTED = 0x6D00
     CLA_NOT_SUPPORTED = 0x6E00
     UNKNOWN_ERROR = 0x6F00
+    # the purse application's own refusals (proprietary range 9Cxx)
+    NO_CREDENTIAL = 0x9C01
+    CREDENTIAL_EXPIRED = 0x9C02
+    CLOCK_ROLLBACK = 0x9C03
+    INSUFFICIENT_FUNDS = 0x9C04
+    OVER_PAYMENT_LIMIT = 0x9C05
+    OFFLINE_CAP_EXCEEDED = 0x9C06
+    CARD_LOCKED = 0x9C07
+    CARD_NOT_ACTIVE = 0x9C08
+    BAD_SIGNATURE = 0x9C10
+    UNKNOWN_KEY = 0x9C11
+    WRONG_CARD = 0x9C12
+    STALE_SESSION = 0x9C13
+    WRONG_OBJECT_KIND = 0x9C14
+    OVER_MAX_BALANCE = 0x9C15
+    STALE_OBJECT = 0x9C16
 
     @classmethod
     def family(cls, code: int) -> SW | None:
@@ -89,6 +105,21 @@ _MEANINGS: dict[SW, str] = {
     SW.INS_NOT_SUPPORTED: "instruction code not supported",
     SW.CLA_NOT_SUPPORTED: "class not supported",
     SW.UNKNOWN_ERROR: "no precise diagnosis",
+    SW.NO_CREDENTIAL: "purse: no credential (renew online)",
+    SW.CREDENTIAL_EXPIRED: "purse: credential expired (renew online)",
+    SW.CLOCK_ROLLBACK: "purse: terminal time is before the card's time mark",
+    SW.INSUFFICIENT_FUNDS: "purse: amount exceeds the balance",
+    SW.OVER_PAYMENT_LIMIT: "purse: amount exceeds the per-payment limit",
+    SW.OFFLINE_CAP_EXCEEDED: "purse: offline cap left is exceeded (renew online)",
+    SW.CARD_LOCKED: "purse: card is locked",
+    SW.CARD_NOT_ACTIVE: "purse: card is not active (blank, personalising or terminated)",
+    SW.BAD_SIGNATURE: "purse: signature does not verify",
+    SW.UNKNOWN_KEY: "purse: signed with a key the card does not hold",
+    SW.WRONG_CARD: "purse: object is for another card",
+    SW.STALE_SESSION: "purse: no matching online session (nonce)",
+    SW.WRONG_OBJECT_KIND: "purse: signed object of the wrong kind",
+    SW.OVER_MAX_BALANCE: "purse: load would exceed the maximum balance",
+    SW.STALE_OBJECT: "purse: object is older than one already applied",
 }
 
 _BY_VALUE: dict[int, SW] = {int(m): m for m in SW}

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from card_os.applets.tally import TALLY_AID, TallyApplet
 from card_os.card import Card
 from card_os.image import ImageFile
 from card_os.simulator import Simulator
 from card_os.store import MemoryBackend
 from card_os.tear import PowerLoss, TearInjector
-from card_os.applets.tally import TALLY_AID, TallyApplet
 from tests.cards import add, read, tally_on
 
 ADD_SEVEN = b"\x80\x10\x00\x00\x04\x00\x00\x00\x07"

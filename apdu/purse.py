@@ -1,0 +1,336 @@
+"""The purse protocol's structures, declared once and shared by card, issuer and terminals.
+
+Every structure is a frozen dataclass with a construct declaration
+(``STRUCT``); ``encode()`` builds the exact bytes and ``decode()`` parses
+them strictly (whole input, fixed field sizes), raising
+:class:`apdu.signed.MalformedObject` on anything else. All integers are
+big-endian; times are Unix seconds (uint32); amounts are minor units of the
+card's currency (uint32). The byte layouts are listed in ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, fields
+from enum import IntEnum, IntFlag
+from typing import Any, ClassVar, Self
+
+import construct as cs
+
+from apdu.signed import KEY_ID_LEN, PUBLIC_KEY_LEN, MalformedObject
+
+PURSE_AID = bytes.fromhex("F045505552534501")
+CARD_ID_LEN = 8
+NONCE_LEN = 16
+TERMINAL_ID_LEN = 8
+PIN_MIN, PIN_MAX = 4, 12
+PIN_TRIES = 3
+HISTORY_SLOTS = 10
+APP_VERSION = 1
+
+
+class LifeCycle(IntEnum):
+    BLANK = 0
+    PERSONALISED = 1
+    ACTIVE = 2
+    LOCKED = 3
+    TERMINATED = 4
+
+
+class HistoryKind(IntEnum):
+    PAY = 1
+    LOAD = 2
+    RENEW = 3
+    LOCK = 4
+    UNLOCK = 5
+    TERMINATE = 6
+
+
+class UpdateAction(IntFlag):
+    """What an ISSUER UPDATE does (any subset)."""
+
+    RENEW = 0x01
+    LOAD = 0x02
+    UNLOCK = 0x04
+    UNBLOCK_PIN = 0x08
+    TERMINATE = 0x10
+
+
+class Tag(IntEnum):
+    """GET DATA tags (P1 P2 of ``00 CA``); each answer is one BER-TLV of that tag."""
+
+    CARD_ID = 0xDF01
+    STATE = 0xDF02
+    BALANCE = 0xDF03
+    CURRENCY = 0xDF04
+    ATC = 0xDF05
+    CREDENTIAL = 0xDF06
+    CERTIFICATE = 0xDF07
+    TIME_MARK = 0xDF08
+    OFFLINE_SPENT = 0xDF09
+    PIN_TRIES = 0xDF0A
+    MAX_BALANCE = 0xDF0B
+    ISSUER_KEYS = 0xDF0C
+    VERSION = 0xDF0D
+    STATUS = 0xBF10  # constructed: card ID, state, balance, currency, ATC, time mark, spent
+
+
+_U8, _U16, _U32 = cs.Int8ub, cs.Int16ub, cs.Int32ub
+_CARD_ID = cs.Bytes(CARD_ID_LEN)
+_NONCE = cs.Bytes(NONCE_LEN)
+
+
+class Message:
+    """Base of the declared structures: ``encode``/``decode`` through ``STRUCT``."""
+
+    STRUCT: ClassVar[Any]
+    _compiled: ClassVar[Any]
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        cls._compiled = cs.Struct(*cls.STRUCT.subcons, cs.Terminated).compile()
+
+    def encode(self) -> bytes:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        try:
+            built: bytes = self._compiled.build(values)
+        except (cs.ConstructError, struct.error, ValueError, TypeError, OverflowError) as err:
+            raise MalformedObject(f"cannot encode {type(self).__name__}: {err}") from None
+        return built
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Self:
+        try:
+            parsed = cls._compiled.parse(raw)
+        except (cs.ConstructError, struct.error, ValueError, UnicodeDecodeError) as err:
+            raise MalformedObject(f"not a {cls.__name__} ({type(err).__name__})") from None
+        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        return cls(**{name: parsed[name] for name in names})
+
+
+# signed object bodies ----------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class CardCertificate(Message):
+    """Issuer-signed: this card ID owns this public key."""
+
+    card_id: bytes
+    public_key: bytes
+    issued_at: int
+    expires_at: int
+
+    STRUCT: ClassVar[Any] = cs.Struct(
+        "card_id" / _CARD_ID,
+        "public_key" / cs.Bytes(PUBLIC_KEY_LEN),
+        "issued_at" / _U32,
+        "expires_at" / _U32,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Credential(Message):
+    """Issuer-signed, time-limited permission to pay offline (the patent's 信用情報)."""
+
+    card_id: bytes
+    serial: int
+    issued_at: int
+    expires_at: int
+    offline_cap: int
+    per_payment_limit: int
+    no_pin_limit: int
+    tolerance: int
+    card_nonce: bytes
+
+    STRUCT: ClassVar[Any] = cs.Struct(
+        "card_id" / _CARD_ID,
+        "serial" / _U32,
+        "issued_at" / _U32,
+        "expires_at" / _U32,
+        "offline_cap" / _U32,
+        "per_payment_limit" / _U32,
+        "no_pin_limit" / _U32,
+        "tolerance" / _U32,
+        "card_nonce" / _NONCE,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerUpdate(Message):
+    """Issuer-signed changes for one online session, bound to its card nonce."""
+
+    card_id: bytes
+    card_nonce: bytes
+    issuer_time: int
+    actions: int
+    load_amount: int
+    credential: bytes  # a signed Credential envelope when actions has RENEW, else empty
+
+    STRUCT: ClassVar[Any] = cs.Struct(
+        "card_id" / _CARD_ID,
+        "card_nonce" / _NONCE,
+        "issuer_time" / _U32,
+        "actions" / _U8,
+        "load_amount" / _U32,
+        "credential" / cs.Prefixed(_U16, cs.GreedyBytes),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt(Message):
+    """Card-signed proof of one offline payment."""
+
+    card_id: bytes
+    atc: int
+    amount: int
+    balance: int
+    currency: int
+    terminal_id: bytes
+    terminal_time: int
+    terminal_nonce: bytes
+
+    STRUCT: ClassVar[Any] = cs.Struct(
+        "card_id" / _CARD_ID,
+        "atc" / _U32,
+        "amount" / _U32,
+        "balance" / _U32,
+        "currency" / _U16,
+        "terminal_id" / cs.Bytes(TERMINAL_ID_LEN),
+        "terminal_time" / _U32,
+        "terminal_nonce" / _NONCE,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LockOrder(Message):
+    """Issuer-signed order for one card to lock itself (a blocklist entry)."""
+
+    card_id: bytes
+    issued_at: int
+    reason: int
+    list_version: int
+
+    STRUCT: ClassVar[Any] = cs.Struct(
+        "card_id" / _CARD_ID,
+        "issued_at" / _U32,
+        "reason" / _U8,
+        "list_version" / _U32,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineRequest(Message):
+    """Card-signed state report that opens an online session (BEGIN ONLINE)."""
+
+    card_id: bytes
+    card_nonce: bytes
+    atc: int
+    state: int
+    balance: int
+    currency: int
+    time_mark: int
+    offline_spent: int
+    credential_serial: int
+    pending: bytes  # the pending-transfer log (empty until card-to-card transfers)
+
+    STRUCT: ClassVar[Any] = cs.Struct(
+        "card_id" / _CARD_ID,
+        "card_nonce" / _NONCE,
+        "atc" / _U32,
+        "state" / _U8,
+        "balance" / _U32,
+        "currency" / _U16,
+        "time_mark" / _U32,
+        "offline_spent" / _U32,
+        "credential_serial" / _U32,
+        "pending" / cs.Prefixed(_U16, cs.GreedyBytes),
+    )
+
+
+# command data fields -----------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PersonaliseData(Message):
+    """PERSONALISE (``80 E2 00 00``) data: the card's identity and the issuer's key."""
+
+    card_id: bytes
+    currency: int
+    max_balance: int
+    pin: bytes
+    issuer_key_id: bytes
+    issuer_public_key: bytes
+
+    STRUCT: ClassVar[Any] = cs.Struct(
+        "card_id" / _CARD_ID,
+        "currency" / _U16,
+        "max_balance" / _U32,
+        "pin" / cs.Prefixed(_U8, cs.GreedyBytes),
+        "issuer_key_id" / cs.Bytes(KEY_ID_LEN),
+        "issuer_public_key" / cs.Bytes(PUBLIC_KEY_LEN),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PayData(Message):
+    """PAY (``80 54 00 00``) data: what the terminal asks and what it claims the time is."""
+
+    amount: int
+    terminal_time: int
+    terminal_id: bytes
+    terminal_nonce: bytes
+
+    STRUCT: ClassVar[Any] = cs.Struct(
+        "amount" / _U32,
+        "terminal_time" / _U32,
+        "terminal_id" / cs.Bytes(TERMINAL_ID_LEN),
+        "terminal_nonce" / _NONCE,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePinData(Message):
+    """CHANGE PIN (``00 24 00 80``) data: old and new PIN, each length-prefixed."""
+
+    old: bytes
+    new: bytes
+
+    STRUCT: ClassVar[Any] = cs.Struct(
+        "old" / cs.Prefixed(_U8, cs.GreedyBytes),
+        "new" / cs.Prefixed(_U8, cs.GreedyBytes),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRecord(Message):
+    """One history entry (READ RECORD), 25 bytes."""
+
+    atc: int
+    kind: int
+    amount: int
+    balance: int
+    time: int
+    counterparty: bytes  # terminal ID for payments, empty (zeros) otherwise
+
+    STRUCT: ClassVar[Any] = cs.Struct(
+        "atc" / _U32,
+        "kind" / _U8,
+        "amount" / _U32,
+        "balance" / _U32,
+        "time" / _U32,
+        "counterparty" / cs.Bytes(TERMINAL_ID_LEN),
+    )
+
+
+MESSAGES: tuple[type[Message], ...] = (
+    CardCertificate,
+    Credential,
+    IssuerUpdate,
+    Receipt,
+    LockOrder,
+    OnlineRequest,
+    PersonaliseData,
+    PayData,
+    ChangePinData,
+    HistoryRecord,
+)
+
+
+def valid_pin(pin: bytes) -> bool:
+    return PIN_MIN <= len(pin) <= PIN_MAX and pin.isdigit()
