@@ -11,6 +11,7 @@ compared.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -68,6 +69,22 @@ _ALL_ACTIONS = (
 
 def _u(value: int, size: int) -> bytes:
     return value.to_bytes(size, "big")
+
+
+# GET DATA of a personalised card: tag -> value (None: absent, answered 6A88)
+_DATA_OBJECTS: dict[int, Callable[[PurseState], bytes | None]] = {
+    Tag.CARD_ID: lambda s: s.card_id,
+    Tag.BALANCE: lambda s: _u(s.balance, 4),
+    Tag.CURRENCY: lambda s: _u(s.currency, 2),
+    Tag.ATC: lambda s: _u(s.atc, 4),
+    Tag.TIME_MARK: lambda s: _u(s.time_mark, 4),
+    Tag.OFFLINE_SPENT: lambda s: _u(s.offline_spent, 4),
+    Tag.PIN_TRIES: lambda s: _u(s.pin_tries, 1),
+    Tag.MAX_BALANCE: lambda s: _u(s.max_balance, 4),
+    Tag.ISSUER_KEYS: lambda s: s.issuer_keys_raw,
+    Tag.CREDENTIAL: lambda s: s.credential_raw or None,
+    Tag.CERTIFICATE: lambda s: s.certificate or None,
+}
 
 
 class PurseApplet(Applet):
@@ -148,31 +165,14 @@ class PurseApplet(Applet):
 
     def _data_object(self, tag: int) -> bytes | None:
         s = self.state
-        personalised = s.life_cycle is not LifeCycle.BLANK
         if tag == Tag.STATE:
             return _u(s.life_cycle, 1)
         if tag == Tag.VERSION:
             return _u(APP_VERSION, 1)
-        if not personalised:
+        if s.life_cycle is LifeCycle.BLANK:
             return None
-        simple: dict[int, bytes] = {
-            Tag.CARD_ID: s.card_id,
-            Tag.BALANCE: _u(s.balance, 4),
-            Tag.CURRENCY: _u(s.currency, 2),
-            Tag.ATC: _u(s.atc, 4),
-            Tag.TIME_MARK: _u(s.time_mark, 4),
-            Tag.OFFLINE_SPENT: _u(s.offline_spent, 4),
-            Tag.PIN_TRIES: _u(s.pin_tries, 1),
-            Tag.MAX_BALANCE: _u(s.max_balance, 4),
-            Tag.ISSUER_KEYS: s.issuer_keys_raw,
-        }
-        if tag in simple:
-            return simple[tag]
-        if tag == Tag.CREDENTIAL:
-            return s.credential_raw or None
-        if tag == Tag.CERTIFICATE:
-            return s.certificate or None
-        return None
+        getter = _DATA_OBJECTS.get(tag)
+        return getter(s) if getter is not None else None
 
     @command(0xCA, CLA_ISO)
     def get_data(self, cmd: CommandApdu) -> bytes:
