@@ -44,6 +44,7 @@ class HistoryKind(IntEnum):
     LOCK = 4
     UNLOCK = 5
     TERMINATE = 6
+    UNBLOCK_PIN = 7
 
 
 class UpdateAction(IntFlag):
@@ -85,12 +86,25 @@ class Message:
 
     STRUCT: ClassVar[Any]
     _compiled: ClassVar[Any]
+    _fixed: ClassVar[tuple[tuple[str, int], ...]]
 
     def __init_subclass__(cls) -> None:
         super().__init_subclass__()
         cls._compiled = cs.Struct(*cls.STRUCT.subcons, cs.Terminated).compile()
+        # construct's compiled Bytes(n) neither pads nor checks: check sizes ourselves
+        cls._fixed = tuple(
+            (sub.name, sub.subcon.length)
+            for sub in cls.STRUCT.subcons
+            if isinstance(sub.subcon, cs.Bytes) and isinstance(sub.subcon.length, int)
+        )
+
+    def _check_sizes(self) -> None:
+        for name, size in self._fixed:
+            if len(getattr(self, name)) != size:
+                raise MalformedObject(f"{type(self).__name__}.{name} must have {size} bytes")
 
     def encode(self) -> bytes:
+        self._check_sizes()
         values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
         try:
             built: bytes = self._compiled.build(values)
@@ -105,7 +119,9 @@ class Message:
         except (cs.ConstructError, struct.error, ValueError, UnicodeDecodeError) as err:
             raise MalformedObject(f"not a {cls.__name__} ({type(err).__name__})") from None
         names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-        return cls(**{name: parsed[name] for name in names})
+        message = cls(**{name: parsed[name] for name in names})
+        message._check_sizes()
+        return message
 
 
 # signed object bodies ----------------------------------------------------------

@@ -378,13 +378,13 @@ class PurseApplet(Applet):
             self._record(atc, HistoryKind.LOAD, update.load_amount, when, NO_COUNTERPARTY)
         if actions & UpdateAction.UNBLOCK_PIN:
             s.reset_pin_tries()
+            self._record(atc, HistoryKind.UNBLOCK_PIN, 0, when, NO_COUNTERPARTY)
         if actions & UpdateAction.UNLOCK:
             # Also on an active card (found before it ever met its lock order):
             # every lock order issued before this update is void from now on.
             s.unlock_mark = max(s.unlock_mark, update.issuer_time)
-            if current is LifeCycle.LOCKED:
-                s.life_cycle = LifeCycle.ACTIVE
-                self._record(atc, HistoryKind.UNLOCK, 0, when, NO_COUNTERPARTY)
+            s.life_cycle = LifeCycle.ACTIVE
+            self._record(atc, HistoryKind.UNLOCK, 0, when, NO_COUNTERPARTY)
         if actions & UpdateAction.TERMINATE:
             s.life_cycle = LifeCycle.TERMINATED
             self._record(atc, HistoryKind.TERMINATE, 0, when, NO_COUNTERPARTY)
