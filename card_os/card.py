@@ -2,7 +2,7 @@
 
 ``Card.process`` is the one place where a command becomes a response:
 
-* a malformed APDU is answered ``6700``;
+* a malformed APDU is answered ``6700``; a CLA other than ``00``/``80`` ``6E00``;
 * ``00 A4 04 ..`` selects an applet by AID (exact or right-truncated match);
   ``6A82`` when none matches, and the current selection stays;
 * ``00 C0`` (GET RESPONSE) returns what a long response left over;
@@ -39,6 +39,7 @@ DEFAULT_ATR = build_atr(HISTORICAL_BYTES, protocols=(0, 1))
 
 _OK = b"\x90\x00"
 INS_SELECT = 0xA4
+SUPPORTED_CLA = frozenset((0x00, 0x80))  # interindustry and proprietary, channel 0, no SM
 INS_GET_RESPONSE = 0xC0
 
 
@@ -137,6 +138,8 @@ class Card:
         if cmd.ins == INS_GET_RESPONSE and cmd.cla == 0x00:
             return self._get_response(cmd)
         self._leftover = b""
+        if cmd.cla not in SUPPORTED_CLA:
+            return _sw(SW.CLA_NOT_SUPPORTED)
         store = self.store
         store.begin()
         try:
@@ -172,8 +175,8 @@ class Card:
                 raise CardError(SW.FILE_NOT_FOUND)
             applet = matches[0]
         fci = applet.select(cmd)
-        if self._selected is not None and self._selected is not applet:
-            self._selected.deselect()
+        if self._selected is not None:
+            self._selected.deselect()  # also on re-SELECT: the session starts afresh
         self._selected = applet
         return b"" if cmd.p2 == 0x0C else fci
 

@@ -402,8 +402,8 @@ def test_pay_over_the_balance() -> None:
 
 def test_pay_over_the_offline_cap_left() -> None:
     rig = funded_rig(balance=50_000)  # cap 20 000, per payment 5 000
-    rig.client.verify_pin(PIN)
     for i in range(4):
+        rig.client.verify_pin(PIN)  # one VERIFY per payment above the no-PIN limit
         rig.pay(5_000, T0 + 60 + i)
     assert rig.client.status().offline_spent == 20_000
     refused(rig, SW.OFFLINE_CAP_EXCEEDED, lambda: rig.pay(1, T0 + 100))
@@ -413,10 +413,12 @@ def test_pay_over_the_offline_cap_left() -> None:
 
 def test_pay_partly_over_the_offline_cap_left() -> None:
     rig = funded_rig(balance=50_000)
-    rig.client.verify_pin(PIN)
     for i in range(3):
+        rig.client.verify_pin(PIN)
         rig.pay(5_000, T0 + 60 + i)
+    rig.client.verify_pin(PIN)
     rig.pay(4_000, T0 + 70)
+    rig.client.verify_pin(PIN)
     refused(rig, SW.OFFLINE_CAP_EXCEEDED, lambda: rig.pay(1_001, T0 + 100))
     rig.pay(1_000, T0 + 100)
 
@@ -743,6 +745,7 @@ def test_certificate_before_identity() -> None:
         {"card_id": bytes(8)},
         {"issuer_public_key": b"\x04" + bytes(64)},
         {"issuer_public_key": b"\x02" + bytes(64)},
+        {"issuer_key_id": b"WRONG-ID"},
     ],
 )
 def test_personalise_bad_identity(change: dict[str, object]) -> None:

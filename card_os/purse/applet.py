@@ -45,6 +45,7 @@ from apdu.signed import (
     ObjectKind,
     UnknownKey,
     WrongKind,
+    key_id_of,
     open_envelope,
     private_key_from_scalar,
     public_bytes,
@@ -274,18 +275,19 @@ class PurseApplet(Applet):
             raise CardError(SW.CONDITIONS_NOT_SATISFIED, "personalisation is closed")
         try:
             p = PersonaliseData.decode(data)
-            issuer_key = public_key_from_bytes(p.issuer_public_key)
+            public_key_from_bytes(p.issuer_public_key)  # a point on the curve
         except MalformedObject:
             raise CardError(SW.WRONG_DATA) from None
         if not valid_pin(p.pin) or not 0 < p.currency <= 999 or p.max_balance == 0:
             raise CardError(SW.WRONG_DATA)
         if p.card_id == bytes(CARD_ID_LEN):
             raise CardError(SW.WRONG_DATA, "card ID must not be zero")
+        if p.issuer_key_id != key_id_of(p.issuer_public_key):
+            raise CardError(SW.WRONG_DATA, "issuer key ID does not belong to the key")
         scalar = int.from_bytes(self.ctx.random(40), "big") % (P256_ORDER - 1) + 1
         key = private_key_from_scalar(scalar.to_bytes(32, "big"))
         self.state.personalise(p.card_id, p.currency, p.max_balance, p.pin, _u(scalar, 32))
         self.state.add_issuer_key(p.issuer_key_id, p.issuer_public_key)
-        del issuer_key
         return public_bytes(key.public_key())
 
     def _personalise_certificate(self, data: bytes) -> bytes:
@@ -367,7 +369,9 @@ class PurseApplet(Applet):
 
         # nothing can refuse from here on: apply, all in this command's transaction
         atc = s.next_atc()
-        s.raise_time_mark(update.issuer_time)
+        # The issuer's time is authenticated and authoritative: it *sets* the mark,
+        # undoing any push-forward by a terminal that lied about the time.
+        s.time_mark = update.issuer_time
         when = update.issuer_time
         if credential is not None:
             s.credential_raw = update.credential
@@ -429,7 +433,8 @@ class PurseApplet(Applet):
             raise CardError(SW.WRONG_DATA, "amount must not be zero")
         if req.amount > cred.per_payment_limit:
             raise CardError(SW.OVER_PAYMENT_LIMIT)
-        if req.amount > cred.no_pin_limit and not self._pin_verified:
+        needs_pin = req.amount > cred.no_pin_limit
+        if needs_pin and not self._pin_verified:
             raise CardError(SW.SECURITY_STATUS_NOT_SATISFIED, "this amount needs the PIN")
         if req.amount > s.balance:
             raise CardError(SW.INSUFFICIENT_FUNDS)
@@ -453,6 +458,8 @@ class PurseApplet(Applet):
         s.offline_spent = s.offline_spent + req.amount
         s.raise_time_mark(req.terminal_time)
         self._record(atc, HistoryKind.PAY, req.amount, req.terminal_time, req.terminal_id)
+        if needs_pin:
+            self._pin_verified = False  # one VERIFY, one payment above the no-PIN limit
         return signed
 
     # lock ---------------------------------------------------------------------------

@@ -102,9 +102,13 @@ class PurseState:
     def time_mark(self) -> int:
         return self._int("time_mark")
 
-    def raise_time_mark(self, authenticated_time: int) -> None:
-        if authenticated_time > self.time_mark:
-            self._put("time_mark", authenticated_time)
+    @time_mark.setter
+    def time_mark(self, value: int) -> None:
+        self._put("time_mark", value)
+
+    def raise_time_mark(self, claimed_time: int) -> None:
+        if claimed_time > self.time_mark:
+            self._put("time_mark", claimed_time)
 
     @property
     def offline_spent(self) -> int:
