@@ -2,7 +2,7 @@
 
 Every structure is a frozen dataclass with a construct declaration
 (``STRUCT``); ``encode()`` builds the exact bytes and ``decode()`` parses
-them strictly (whole input, fixed field sizes), raising
+them strictly (whole input, fixed field sizes, the one canonical encoding), raising
 :class:`apdu.signed.MalformedObject` on anything else. All integers are
 big-endian; times are Unix seconds (uint32); amounts are minor units of the
 card's currency (uint32). The byte layouts are listed in ``docs/protocol.md``.
@@ -120,7 +120,10 @@ class Message:
             raise MalformedObject(f"not a {cls.__name__} ({type(err).__name__})") from None
         names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
         message = cls(**{name: parsed[name] for name in names})
-        message._check_sizes()
+        # construct's compiled parsers read short fields without complaint (Bytes(n),
+        # Prefixed): accept only the one canonical encoding of what was parsed
+        if message.encode() != raw:
+            raise MalformedObject(f"not a {cls.__name__} (truncated or not canonical)")
         return message
 
 
