@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -59,6 +60,8 @@ from card_os.purse.state import PurseState
 
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 NO_COUNTERPARTY = bytes(TERMINAL_ID_LEN)
+# the issuer-signed objects a card accepts, each naming the card it is for
+Addressed = TypeVar("Addressed", CardCertificate, Credential, IssuerUpdate, LockOrder)
 _ALL_ACTIONS = (
     UpdateAction.RENEW
     | UpdateAction.LOAD
@@ -137,6 +140,17 @@ class PurseApplet(Applet):
             raise CardError(SW.BAD_SIGNATURE) from None
         except MalformedObject:
             raise CardError(SW.WRONG_DATA, "not a signed object") from None
+
+    def _open_for_me(self, raw: bytes, kind: ObjectKind, body: type[Addressed]) -> Addressed:
+        """Open an issuer-signed object, decode its body, and check it names this card."""
+        env = self._open(raw, kind)
+        try:
+            decoded = body.decode(env.body)
+        except MalformedObject:
+            raise CardError(SW.WRONG_DATA) from None
+        if decoded.card_id != self.state.card_id:
+            raise CardError(SW.WRONG_CARD)
+        return decoded
 
     def _require(self, *states: LifeCycle) -> LifeCycle:
         current = self.state.life_cycle
@@ -293,13 +307,7 @@ class PurseApplet(Applet):
     def _personalise_certificate(self, data: bytes) -> bytes:
         if self.state.life_cycle is not LifeCycle.PERSONALISED:
             raise CardError(SW.CONDITIONS_NOT_SATISFIED, "send the identity first, once")
-        env = self._open(data, ObjectKind.CARD_CERTIFICATE)
-        try:
-            cert = CardCertificate.decode(env.body)
-        except MalformedObject:
-            raise CardError(SW.WRONG_DATA) from None
-        if cert.card_id != self.state.card_id:
-            raise CardError(SW.WRONG_CARD)
+        cert = self._open_for_me(data, ObjectKind.CARD_CERTIFICATE, CardCertificate)
         if cert.public_key != public_bytes(self._card_key().public_key()):
             raise CardError(SW.WRONG_DATA, "certificate is for another key")
         self.state.certificate = data
@@ -337,13 +345,7 @@ class PurseApplet(Applet):
         self._no_p1p2(cmd)
         current = self._require(LifeCycle.ACTIVE, LifeCycle.LOCKED)
         s = self.state
-        env = self._open(cmd.data, ObjectKind.ISSUER_UPDATE)
-        try:
-            update = IssuerUpdate.decode(env.body)
-        except MalformedObject:
-            raise CardError(SW.WRONG_DATA) from None
-        if update.card_id != s.card_id:
-            raise CardError(SW.WRONG_CARD)
+        update = self._open_for_me(cmd.data, ObjectKind.ISSUER_UPDATE, IssuerUpdate)
         nonce = self._session_nonce
         if nonce is None or not hmac.compare_digest(update.card_nonce, nonce):
             raise CardError(SW.STALE_SESSION)
@@ -396,13 +398,7 @@ class PurseApplet(Applet):
         return _u(atc, 4)
 
     def _check_credential(self, raw: bytes, nonce: bytes) -> Credential:
-        env = self._open(raw, ObjectKind.CREDENTIAL)
-        try:
-            cred = Credential.decode(env.body)
-        except MalformedObject:
-            raise CardError(SW.WRONG_DATA) from None
-        if cred.card_id != self.state.card_id:
-            raise CardError(SW.WRONG_CARD)
+        cred = self._open_for_me(raw, ObjectKind.CREDENTIAL, Credential)
         if not hmac.compare_digest(cred.card_nonce, nonce):
             raise CardError(SW.STALE_SESSION)
         current = self.state.credential()
@@ -467,13 +463,7 @@ class PurseApplet(Applet):
     def lock(self, cmd: CommandApdu) -> bytes:
         self._no_p1p2(cmd)
         current = self._require(LifeCycle.ACTIVE, LifeCycle.LOCKED)
-        env = self._open(cmd.data, ObjectKind.LOCK_ORDER)
-        try:
-            order = LockOrder.decode(env.body)
-        except MalformedObject:
-            raise CardError(SW.WRONG_DATA) from None
-        if order.card_id != self.state.card_id:
-            raise CardError(SW.WRONG_CARD)
+        order = self._open_for_me(cmd.data, ObjectKind.LOCK_ORDER, LockOrder)
         if order.issued_at <= self.state.unlock_mark:
             raise CardError(SW.STALE_OBJECT, "lock order older than the last unlock")
         if current is LifeCycle.LOCKED:
