@@ -114,8 +114,7 @@ class ImageFile:
             if self.path.exists():
                 raise ImageError(self.path, "already exists; refusing to overwrite it")
             self._write(encode_image({}), no_tear)
-        else:
-            self.load()  # refuse a bad file up front, before anything runs
+        # an existing file is read (and a bad one refused) by the store that loads it
 
     @property
     def _tmp(self) -> Path:
