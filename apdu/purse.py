@@ -264,6 +264,31 @@ class OnlineRequest(Message):
     )
 
 
+@dataclass(frozen=True, slots=True)
+class BlocklistHeader(Message):
+    """Issuer-signed header of a blocklist file, full (``base_version`` 0) or delta.
+
+    The entries travel after the header (see :mod:`apdu.blocklist`); ``digest``
+    is their SHA-256, so the one signature covers a list of any length.
+    """
+
+    version: int
+    base_version: int
+    issued_at: int
+    added: int
+    removed: int
+    digest: bytes
+
+    STRUCT: ClassVar[Any] = cs.Struct(
+        "version" / _U32,
+        "base_version" / _U32,
+        "issued_at" / _U32,
+        "added" / _U32,
+        "removed" / _U32,
+        "digest" / cs.Bytes(32),
+    )
+
+
 # command data fields -----------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class PersonaliseData(Message):
@@ -344,6 +369,7 @@ MESSAGES: tuple[type[Message], ...] = (
     Receipt,
     LockOrder,
     OnlineRequest,
+    BlocklistHeader,
     PersonaliseData,
     PayData,
     ChangePinData,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from apdu.purse import CardCertificate, Credential, IssuerUpdate, LockOrder, UpdateAction
@@ -63,3 +64,18 @@ class IssuerKey:
     ) -> bytes:
         body = LockOrder(card_id, issued_at, reason, list_version).encode()
         return self.sign(ObjectKind.LOCK_ORDER, body)
+
+    # files -------------------------------------------------------------------------
+    def to_pem(self) -> bytes:
+        return self.private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> IssuerKey:
+        key = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+            raise ValueError("not a P-256 private key")
+        return cls(key)
