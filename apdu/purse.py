@@ -11,7 +11,7 @@ card's currency (uint32). The byte layouts are listed in ``docs/protocol.md``.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import Any, ClassVar, Self
 
@@ -87,9 +87,11 @@ class Message:
     STRUCT: ClassVar[Any]
     _compiled: ClassVar[Any]
     _fixed: ClassVar[tuple[tuple[str, int], ...]]
+    _names: ClassVar[tuple[str, ...]]
 
     def __init_subclass__(cls) -> None:
         super().__init_subclass__()
+        cls._names = tuple(sub.name for sub in cls.STRUCT.subcons)
         cls._compiled = cs.Struct(*cls.STRUCT.subcons, cs.Terminated).compile()
         # construct's compiled Bytes(n) neither pads nor checks: check sizes ourselves
         cls._fixed = tuple(
@@ -105,7 +107,7 @@ class Message:
 
     def encode(self) -> bytes:
         self._check_sizes()
-        values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        values = {name: getattr(self, name) for name in self._names}
         try:
             built: bytes = self._compiled.build(values)
         except (cs.ConstructError, struct.error, ValueError, TypeError, OverflowError) as err:
@@ -118,8 +120,7 @@ class Message:
             parsed = cls._compiled.parse(raw)
         except (cs.ConstructError, struct.error, ValueError, UnicodeDecodeError) as err:
             raise MalformedObject(f"not a {cls.__name__} ({type(err).__name__})") from None
-        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-        message = cls(**{name: parsed[name] for name in names})
+        message = cls(**{name: parsed[name] for name in cls._names})
         # construct's compiled parsers read short fields without complaint (Bytes(n),
         # Prefixed): accept only the one canonical encoding of what was parsed
         if message.encode() != raw:

@@ -17,6 +17,7 @@ before it looks at the signature, and the kind is signed.
 from __future__ import annotations
 
 import hashlib
+import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -54,19 +55,17 @@ class ObjectKind(IntEnum):
 
 
 ENVELOPE = cs.Struct(
-    "signed"
-    / cs.RawCopy(
-        cs.Struct(
-            "magic" / cs.Const(MAGIC),
-            "version" / cs.Const(VERSION, cs.Int8ub),
-            "kind" / cs.Int8ub,
-            "key_id" / cs.Bytes(KEY_ID_LEN),
-            "body" / cs.Prefixed(cs.Int16ub, cs.GreedyBytes),
-        )
-    ),
+    "magic" / cs.Const(MAGIC),
+    "version" / cs.Const(VERSION, cs.Int8ub),
+    "kind" / cs.Int8ub,
+    "key_id" / cs.Bytes(KEY_ID_LEN),
+    "body" / cs.Prefixed(cs.Int16ub, cs.GreedyBytes),
     "signature" / cs.Bytes(SIGNATURE_LEN),
     cs.Terminated,
 )
+_COMPILED = ENVELOPE.compile()
+# every byte but the body: magic, version, kind, key ID, body length, signature
+_OVERHEAD = len(MAGIC) + 1 + 1 + KEY_ID_LEN + 2 + SIGNATURE_LEN
 
 
 class SignedObjectError(WireError):
@@ -103,27 +102,27 @@ class Envelope:
 
 def parse_envelope(raw: bytes) -> Envelope:
     try:
-        parsed: Any = ENVELOPE.parse(raw)
-    except (cs.ConstructError, ValueError) as err:
+        parsed: Any = _COMPILED.parse(raw)
+    except (cs.ConstructError, ValueError, struct.error) as err:
         raise MalformedObject(f"not a signed object ({type(err).__name__})") from None
-    inner = parsed.signed.value
+    body = parsed.body
+    # construct's compiled Bytes/Prefixed do not check short reads: the sizes must add up
+    if len(raw) != _OVERHEAD + len(body):
+        raise MalformedObject("not a signed object (truncated)")
     return Envelope(
-        inner.kind,
-        bytes(inner.key_id),
-        bytes(inner.body),
-        bytes(parsed.signature),
-        bytes(parsed.signed.data),
+        parsed.kind,
+        parsed.key_id,
+        body,
+        parsed.signature,
+        raw[:-SIGNATURE_LEN],
     )
 
 
 def _to_sign(kind: int, key_id: bytes, body: bytes) -> bytes:
     if len(key_id) != KEY_ID_LEN:
         raise ValueError("a key ID has 8 bytes")
-    built: bytes = ENVELOPE.build(
-        {
-            "signed": {"value": {"kind": kind, "key_id": key_id, "body": body}},
-            "signature": bytes(SIGNATURE_LEN),
-        }
+    built: bytes = _COMPILED.build(
+        {"kind": kind, "key_id": key_id, "body": body, "signature": bytes(SIGNATURE_LEN)}
     )
     return built[:-SIGNATURE_LEN]
 

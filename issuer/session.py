@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
+
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from apdu.purse import Credential, LifeCycle, OnlineRequest, UpdateAction
 from apdu.signed import (
@@ -57,6 +60,11 @@ def _card_id(card_id: bytes) -> str:
     return card_id.hex().upper()
 
 
+@lru_cache(maxsize=4096)
+def _card_key(public: bytes) -> ec.EllipticCurvePublicKey:
+    return public_key_from_bytes(public)
+
+
 def open_request(tx: RegistryTx, raw: bytes) -> tuple[CardRecord, OnlineRequest]:
     """A card-signed request, verified against the card's registered key."""
     try:
@@ -69,7 +77,7 @@ def open_request(tx: RegistryTx, raw: bytes) -> tuple[CardRecord, OnlineRequest]
     if card is None:
         raise Refused("unknown_card", f"card {_card_id(env.key_id)} is not registered")
     try:
-        verify_envelope(env, public_key_from_bytes(card.public_key))
+        verify_envelope(env, _card_key(card.public_key))
         request = OnlineRequest.decode(env.body)
     except BadSignature:
         raise Refused(
@@ -82,7 +90,11 @@ def open_request(tx: RegistryTx, raw: bytes) -> tuple[CardRecord, OnlineRequest]
     return card, request
 
 
-def _resolve_pending(tx: RegistryTx, card: CardRecord, request: OnlineRequest, now: int) -> None:
+def _resolve_pending(
+    tx: RegistryTx, card: CardRecord, request: OnlineRequest, now: int
+) -> list[int]:
+    """Close the card's pending updates; returns the serials that the card applied."""
+    applied: list[int] = []
     for renewal in tx.pending_renewals(card.card_id):
         if request.credential_serial >= renewal.serial:
             card.shadow_balance += renewal.load
@@ -91,7 +103,7 @@ def _resolve_pending(tx: RegistryTx, card: CardRecord, request: OnlineRequest, n
             if renewal.actions & UpdateAction.UNBLOCK_PIN:
                 card.unblock_requested = False
             tx.close_renewal(card.card_id, renewal.serial, Outcome.APPLIED)
-            tx.audit(now, "update_applied", card.card_id, f"serial {renewal.serial}")
+            applied.append(renewal.serial)
         else:
             if renewal.load:
                 tx.adjust_holder(renewal.holder, renewal.load)
@@ -102,6 +114,7 @@ def _resolve_pending(tx: RegistryTx, card: CardRecord, request: OnlineRequest, n
                 card.card_id,
                 f"serial {renewal.serial} never reached the card; {renewal.load} refunded",
             )
+    return applied
 
 
 def _check_not_clone(card: CardRecord, request: OnlineRequest) -> None:
@@ -128,7 +141,7 @@ def online_session(
     if not tx.note_request(cid, request.card_nonce, now):
         raise Refused("replayed_request", "this request was answered before", cid)
     _check_not_clone(card, request)
-    _resolve_pending(tx, card, request, now)
+    applied = _resolve_pending(tx, card, request, now)
     if request.balance > card.shadow_balance:
         raise Refused(
             "clone_suspected",
@@ -171,7 +184,8 @@ def online_session(
         card.unlocked_at = now
     if card.unblock_requested:
         actions |= UpdateAction.UNBLOCK_PIN
-    serial = card.credential_serial + 1
+    # above anything the card holds, even if the registry lost a commit (power loss)
+    serial = max(card.credential_serial, request.credential_serial) + 1
     expires = min(now + policy.credential_lifetime, card.cert_expires_at)
     key = keys.get(card.issuer_key_id)
     credential = key.credential(
@@ -199,6 +213,7 @@ def online_session(
         now,
         "renewal",
         cid,
-        f"serial {serial} until {expires}; actions {actions.value:#04x}; load {load}",
+        f"serial {serial} until {expires}; actions {actions.value:#04x}; load {load}; "
+        f"card applied serials {applied or 'none'} since its last session",
     )
     return SessionReply(ReplyKind.UPDATE, cid, update, serial, now, expires, load, actions)
