@@ -1,206 +1,241 @@
-"""``purse demo``: the main job, the purse's story on the embedded defaults."""
+"""``purse demo``: the main job, the whole story of the purse on the embedded defaults.
+
+An issuer on SQLite, two cards in image files, an ATM and a POS, all in one
+process, on a simulated clock. Every step goes through the same classes the
+``purse`` commands use; every card step is an APDU exchange.
+"""
 
 from __future__ import annotations
 
-import tempfile
-from datetime import UTC, datetime
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from apdu.purse import (
-    PURSE_AID,
-    Credential,
-    HistoryKind,
-    OnlineRequest,
-    PayData,
-    PersonaliseData,
-    Receipt,
-    UpdateAction,
-)
+from apdu.clock import SetClock, parse_instant
 from apdu.purse_client import PurseClient
-from apdu.signed import ObjectKind, open_envelope, public_key_from_bytes
-from apdu.status import CardError
-from apdu.transport import CardChannel, LocalTransport
-from card_os.card import Card
-from card_os.purse import PurseApplet
 from card_os.tear import PowerLoss, TearInjector
-from issuer.signer import IssuerKey
+from issuer.centre import IssuerCentre
+from issuer.client import InProcessIssuer
+from issuer.registry import CardState
+from purse_cli.home import Home, card_file
+from purse_cli.output import card_name, money, when
+from terminal.atm import Atm
+from terminal.errors import Declined
+from terminal.pos import Pos
+from terminal.pos_state import PosState
 
-START = 1_800_000_000  # 2027-01-15 08:00 UTC
+START = "2027-01-15T08:00:00Z"
 HOUR, DAY = 3_600, 86_400
-CARD_ID = b"DEMO0001"
-PIN = b"2468"
-POS_ID = b"POS-0042"
+POS_ID = b"POS00001"
+MARKER = ".purse-demo"
 
 
-def _when(t: int) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M UTC")
+class Story:
+    """The demo's world: issuer, terminals, card files and the clock."""
 
+    def __init__(self, folder: Path, clock: SetClock) -> None:
+        self.folder = folder
+        self.clock = clock
+        self.centre = IssuerCentre.create(folder / "issuer", clock=clock)
+        self.issuer = InProcessIssuer(self.centre)
+        self.atm = Atm(self.issuer, clock)
+        self.pos = Pos(PosState(POS_ID), clock, self.issuer)
+        self.pins: dict[str, bytes] = {}
+        self.step = 0
 
-def _money(minor: int) -> str:
-    return f"{minor // 100}.{minor % 100:02d} EUR"
+    def say(self, text: str) -> None:
+        self.step += 1
+        click.echo(f"\n{self.step}. [{when(self.clock())}] {text}")
 
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name.lower()}.img"
 
-class _Story:
-    """The issuer's key, one card on an image file, and a client for it."""
+    @contextmanager
+    def card(self, name: str, tear: TearInjector | None = None) -> Iterator[PurseClient]:
+        hook = tear.point if tear is not None else None
+        with card_file(self.path(name), tear=hook) as (_card, client):
+            yield client
 
-    def __init__(self, path: Path, issuer: IssuerKey) -> None:
-        self.path = path
-        self.issuer = issuer
-        self.serial = 0
-        self.card_public = b""
-        self.client = self._insert(Card.create(path))
+    def balance(self, name: str) -> int:
+        with self.card(name) as client:
+            client.select()
+            return client.status().balance
 
-    def _insert(self, card: Card) -> PurseClient:
-        card.install(PURSE_AID, PurseApplet)
-        card.power_on()
-        client = PurseClient(CardChannel(LocalTransport(card)))
-        client.select()
-        return client
-
-    def reinsert(self, tear: TearInjector | None = None) -> None:
-        self.client = self._insert(Card.open(self.path, tear=tear.point if tear else None))
-
-    def renew(self, now: int, load: int) -> None:
-        raw_request = self.client.begin_online()
-        env = open_envelope(
-            raw_request,
-            ObjectKind.ONLINE_REQUEST,
-            {CARD_ID: public_key_from_bytes(self.card_public)},
-        )
-        request = OnlineRequest.decode(env.body)
-        self.serial += 1
-        credential = self.issuer.credential(
-            Credential(
-                card_id=CARD_ID,
-                serial=self.serial,
-                issued_at=now,
-                expires_at=now + 7 * DAY,
-                offline_cap=15_000,
-                per_payment_limit=5_000,
-                no_pin_limit=2_000,
-                tolerance=5 * 60,
-                card_nonce=request.card_nonce,
-            )
-        )
-        actions = UpdateAction.RENEW | (UpdateAction.LOAD if load else UpdateAction(0))
-        update = self.issuer.update(
-            CARD_ID, request.card_nonce, now, actions, load_amount=load, credential=credential
-        )
-        self.client.issuer_update(update)
-        click.echo(
-            f"   card-signed request checked (ATC {request.atc}, balance "
-            f"{_money(request.balance)}); credential #{self.serial} valid until "
-            f"{_when(now + 7 * DAY)}" + (f", loaded {_money(load)}" if load else "")
-        )
-
-    def pay(self, amount: int, now: int, nonce: bytes = bytes(16)) -> None:
-        try:
-            raw = self.client.pay(PayData(amount, now, POS_ID, nonce))
-        except CardError as err:
-            balance = self.client.status().balance
-            click.echo(f"   REFUSED by the card: {err}; balance stays {_money(balance)}")
+    def atm_visit(self, name: str, load: int = 0) -> None:
+        with self.card(name) as client:
+            try:
+                result = self.atm.visit(client, load, self.pins[name] if load else None)
+            except Declined as refused:
+                click.echo(f"   ATM: REFUSED: {refused}")
+                return
+        if result.session.locked:
+            click.echo("   ATM: the issuer answered with a lock order: card locked and kept")
             return
-        env = open_envelope(
-            raw, ObjectKind.RECEIPT, {CARD_ID: public_key_from_bytes(self.card_public)}
-        )
-        receipt = Receipt.decode(env.body)
+        reply = result.session.reply
+        loaded = f", loaded {money(reply.load)}" if reply.load else ""
         click.echo(
-            f"   paid {_money(amount)}: card-signed receipt verified (ATC {receipt.atc}, "
-            f"balance after {_money(receipt.balance)})"
+            f"   ATM: {name}'s card renewed: credential #{reply.serial} until "
+            f"{when(reply.expires_at)}{loaded}; balance {money(result.after.balance)}"
         )
+
+    def pay(self, name: str, amount: int, pin: bool = False, pos: Pos | None = None) -> None:
+        till = pos or self.pos
+        with self.card(name) as client:
+            try:
+                sale = till.pay(client, amount, self.pins[name] if pin else None)
+            except Declined as refused:
+                click.echo(f"   POS: REFUSED: {refused}; balance stays {money(self.balance(name))}")
+                return
+        how = " with PIN" if pin else ""
+        click.echo(
+            f"   POS: {name} paid {money(amount)}{how}: card-signed receipt verified "
+            f"(ATC {sale.atc}), balance {money(sale.balance)}"
+        )
+
+
+def _fresh_folder(home: Home) -> Path:
+    folder = home.root / "demo"
+    if folder.exists():
+        if not (folder / MARKER).exists():
+            raise click.ClickException(f"{folder} exists and is not a demo folder; move it")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    (folder / MARKER).write_text("made by `purse demo`; removed by its next run\n")
+    return folder
+
+
+def tell(story: Story) -> None:
+    clock, centre = story.clock, story.centre
+    story.say("The issuer sets up: a P-256 signing key (file mode 0600) and a SQLite registry")
+    centre.register_terminal(POS_ID, "Corner Cafe")
+    click.echo(f"   policy: {centre.policy.to_json()}")
+
+    story.say("Two blank cards are issued over APDUs, each generating its own key pair")
+    for name, pin in (("Alice", b"2468"), ("Bob", b"1357")):
+        with card_file(story.path(name), create=True) as (_card, client):
+            card_id, _ = centre.issue(client, name, pin)
+        story.pins[name] = pin
+        centre.deposit(name, 50_000)
+        click.echo(
+            f"   {name}: card {card_name(card_id)} in {story.path(name).name}; "
+            f"account {money(50_000)}"
+        )
+
+    story.say("At the ATM: each card's signed request is checked, renewed and loaded")
+    story.atm_visit("Alice", 20_000)
+    story.atm_visit("Bob", 10_000)
+
+    clock.advance(HOUR)
+    story.say("The POS syncs the blocklist and takes payments offline")
+    header = story.pos.sync()
+    click.echo(
+        f"   blocklist version {header.version} verified, {len(story.pos.state.blocklist)} listed"
+    )
+    story.pay("Alice", 450)
+    story.pay("Bob", 3_500, pin=True)
+    click.echo("   (a second 35.00 EUR without the PIN: above the no-PIN limit)")
+    story.pay("Bob", 3_500)
+
+    clock.advance(8 * DAY)
+    story.say("Eight days later the credential has expired; an offline POS asks Alice to pay")
+    offline = Pos(story.pos.state, clock, None)
+    story.pay("Alice", 300, pos=offline)
+
+    story.say("Alice renews at the ATM and pays again")
+    alice_copy = story.folder / "alice-copy.img"
+    shutil.copyfile(story.path("Alice"), alice_copy)
+    story.atm_visit("Alice")
+    story.pay("Alice", 300)
+
+    story.say("A terminal whose clock is two days behind what the card has seen")
+    liar = Pos(story.pos.state, SetClock(clock() - 2 * DAY), None)
+    story.pay("Alice", 300, pos=liar)
+
+    story.say("The power is cut in the middle of a payment (after its third write)")
+    before = story.balance("Alice")
+    tear = TearInjector()
+    with story.card("Alice", tear) as client:
+        tear.arm(3)
+        try:
+            story.pos.pay(client, 700)
+        except PowerLoss as cut:
+            click.echo(f"   {cut}")
+    after = story.balance("Alice")
+    verdict = "unchanged: the payment never happened" if after == before else "DEBITED"
+    click.echo(f"   card reloaded from its image: balance {money(after)} ({verdict})")
+
+    clock.advance(HOUR)
+    story.say("Bob reports his card stolen; the POS syncs the new blocklist")
+    with story.card("Bob") as client:
+        client.select()
+        bob_id = client.status().card_id
+    version = centre.report(bob_id, CardState.STOLEN)
+    header = story.pos.sync()
+    click.echo(
+        f"   issuer: blocklist version {version}; POS: delta verified, now version "
+        f"{header.version} with {len(story.pos.state.blocklist)} card listed"
+    )
+    story.say("The thief tries Bob's card at the POS, then at an ATM")
+    story.pay("Bob", 1_000)
+    story.atm_visit("Bob")
+
+    story.say("The POS uploads its batch for settlement")
+    report = story.pos.upload()
+    click.echo(
+        f"   batch {report.batch_id}: {len(report.accepted)} receipts accepted, "
+        f"{len(report.refused)} refused, {money(report.credited)} credited to Corner Cafe"
+    )
+
+    story.say(
+        "A copy of Alice's card image, made before her renewal, goes to the ATM: "
+        "its counter is behind the one her settled receipts proved"
+    )
+    shutil.copyfile(alice_copy, story.path("Clone"))
+    story.pins["Clone"] = story.pins["Alice"]
+    story.atm_visit("Clone")
+
+    click.echo("\nFinal balances:")
+    for card in centre.cards():
+        name = card.holder
+        with story.card(name) as client:
+            client.select()
+            status = client.status()
+        click.echo(
+            f"   {name:<6} card {card_name(card.card_id)} {status.state.name:<7} "
+            f"balance {money(status.balance):>12}  shadow {money(card.shadow_balance):>12}  "
+            f"account {money(centre.holder_balance(name) or 0):>12}  issuer status "
+            f"{card.status.value}"
+        )
+    flagged = [e for e in centre.audit_log() if e.event == "refused_clone_suspected"]
+    click.echo(
+        f"Audit log: {len(centre.audit_log())} decisions recorded, {len(flagged)} clone flagged"
+    )
 
 
 @click.command()
-@click.option(
-    "--home",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Folder for the card image (default: a temporary folder, removed afterwards).",
-)
-def demo(home: Path | None) -> None:
-    """Run the purse's story on a card image file, step by step.
+@click.option("--start", default=START, show_default=True, help="Simulated start time.")
+@click.pass_obj
+def demo(home: Home, start: str) -> None:
+    """Run the whole story on the embedded defaults, step by step.
 
-    The issuer personalises a blank card, renews its credential online and
-    loads it; a POS is paid offline; the clock passes the credential's expiry
-    and the card itself refuses to pay; after a renewal it pays again; a
-    terminal that lies about the time is refused; the power is cut in the
-    middle of a payment; a lock order for the stolen card locks it.
+    In HOME/demo (recreated at every run): an issuer on SQLite issues two
+    cards in image files; an ATM renews and loads them; a POS is paid
+    offline; the clock passes the credential's expiry and the card itself
+    refuses to pay; after a renewal it pays again; a lying clock and a power
+    cut change nothing; a cloned card is caught; a stolen card is locked out
+    by the POS's blocklist; the POS's batch is settled.
     """
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = home or Path(scratch)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "demo-card.img"
-        path.unlink(missing_ok=True)
-        issuer = IssuerKey.generate()
-
-        click.echo(
-            f"1. Personalisation: a blank card in {path.name} gets its ID, PIN and issuer key"
-        )
-        story = _Story(path, issuer)
-        story.card_public = story.client.personalise(
-            PersonaliseData(CARD_ID, 978, 100_000, PIN, issuer.key_id, issuer.public)
-        )
-        story.client.store_certificate(
-            issuer.certificate(CARD_ID, story.card_public, START, START + 3 * 365 * DAY)
-        )
-        click.echo(
-            f"   card {CARD_ID.decode()} generated its own key pair; the issuer certified "
-            f"key {story.card_public[1:9].hex()}..."
-        )
-
-        click.echo(f"2. Online at an ATM, {_when(START)}: renew the credential and load")
-        story.renew(START, 10_000)
-
-        click.echo(f"3. Offline at the POS, {_when(START + HOUR)}")
-        story.pay(1_250, START + HOUR)
-        story.client.verify_pin(PIN)
-        click.echo("   PIN verified for a larger amount")
-        story.pay(3_000, START + HOUR + 60, bytes([1]) * 16)
-
-        late = START + 8 * DAY
-        click.echo(f"4. Eight days later, {_when(late)}: the credential has expired")
-        story.pay(500, late)
-
-        click.echo(f"5. Online again at {_when(late + HOUR)}: renewed, no load")
-        story.renew(late + HOUR, 0)
-        story.pay(500, late + 2 * HOUR)
-
-        click.echo("6. A terminal whose clock claims it is two days earlier than the card has seen")
-        story.pay(500, late - 2 * DAY)
-
-        click.echo("7. Power cut in the middle of a payment (after its third write)")
-        before = story.client.status().balance
-        tear = TearInjector()
-        story.reinsert(tear)
-        tear.arm(3)
-        try:
-            story.client.pay(PayData(700, late + 3 * HOUR, POS_ID, bytes([2]) * 16))
-        except PowerLoss as cut:
-            click.echo(f"   {cut}")
-        story.reinsert()
-        after = story.client.status().balance
-        click.echo(
-            f"   card reloaded from its image: balance {_money(after)} "
-            f"({'unchanged: the payment never happened' if after == before else 'debited'})"
-        )
-
-        click.echo("8. The card is reported stolen; a terminal presents the issuer's lock order")
-        story.client.lock(issuer.lock_order(CARD_ID, late + 4 * HOUR))
-        story.pay(100, late + 5 * HOUR)
-
-        status = story.client.status()
-        click.echo(
-            f"Final: card {status.card_id.decode()} is {status.state.name}, balance "
-            f"{_money(status.balance)}, ATC {status.atc}, credential spent "
-            f"{_money(status.offline_spent)}"
-        )
-        story.client.verify_pin(PIN)
-        click.echo("History, newest first:")
-        for entry in story.client.history():
-            kind = HistoryKind(entry.kind).name
-            click.echo(
-                f"   ATC {entry.atc:>3}  {kind:<9} {_money(entry.amount):>12}  "
-                f"balance {_money(entry.balance):>12}  {_when(entry.time)}"
-            )
+    try:
+        clock = SetClock(parse_instant(start))
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--start") from None
+    folder = _fresh_folder(home)
+    click.echo(f"The purse's story, in {folder}")
+    story = Story(folder, clock)
+    try:
+        tell(story)
+    finally:
+        story.centre.close()

@@ -1,19 +1,68 @@
-"""The ``purse`` command: a thin layer over the four packages."""
+"""The ``purse`` command: a thin layer over the four packages.
+
+Every known failure becomes one line on stderr and an exit code (see
+:mod:`purse_cli.output`): never a traceback for bad input or a refusal.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import click
 
+from apdu.errors import TransportError, WireError
+from apdu.status import CardError
+from card_os.image import ImageError
+from issuer.errors import IssuerError, Refused
+from purse_cli.apdu_cmds import apdu
+from purse_cli.card_cmds import card
 from purse_cli.demo import demo
+from purse_cli.home import Home
+from purse_cli.issuer_cmds import issuer
+from purse_cli.output import Failure, Refusal
+from purse_cli.terminal_cmds import atm, pos
+from terminal.errors import Declined, TerminalError
+
+REFUSALS = (Declined, Refused, CardError)
+ERRORS = (IssuerError, TerminalError, ImageError, TransportError, WireError, OSError)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class PurseGroup(click.Group):
+    """Turns our errors into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except REFUSALS as err:
+            raise Refusal(f"refused: {err}") from None
+        except ERRORS as err:
+            raise Failure(str(err)) from None
+
+
+@click.group(cls=PurseGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="purse-card")
-def cli() -> None:
-    """An emulated smart card with an electronic purse, and the tools around it."""
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="PURSE_HOME",
+    default="purse-data",
+    show_default=True,
+    help="Folder of the issuer, the terminals' state and the demo (env PURSE_HOME).",
+)
+@click.pass_context
+def cli(ctx: click.Context, home: Path) -> None:
+    """An emulated smart card with an electronic purse, and the tools around it.
+
+    \b
+    Exit codes: 0 done, 1 error, 2 usage error, 3 refused (card, issuer or terminal).
+    Amounts are cents (1250) or decimals (12.50); times are ISO 8601.
+    """
+    ctx.obj = Home(home)
 
 
-cli.add_command(demo)
+for command in (issuer, atm, pos, card, apdu, demo):
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -1,0 +1,123 @@
+"""Parameter types and options shared by the ``purse`` commands."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from apdu.clock import SetClock, parse_instant, system_clock
+
+F = TypeVar("F", bound=Callable[..., Any])
+_ID_TEXT = re.compile(r"^[\x21-\x7e]{8}$")
+_HEX16 = re.compile(r"^[0-9A-Fa-f]{16}$")
+
+
+class Amount(click.ParamType[int, Any]):
+    """Minor units (``1250``) or major units with two decimals (``12.50``)."""
+
+    name = "amount"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            minor = value
+        else:
+            text = str(value).strip()
+            try:
+                if "." in text:
+                    major = Decimal(text)
+                    if major.as_tuple().exponent != -2:
+                        raise InvalidOperation
+                    minor = int(major * 100)
+                else:
+                    minor = int(text, 10)
+            except (InvalidOperation, ValueError):
+                self.fail(f"{value!r} is not an amount (cents like 1250, or 12.50)", param, ctx)
+        if not 0 < minor < 1 << 32:
+            self.fail(f"{value!r}: an amount must be positive", param, ctx)
+        return minor
+
+
+class EightByteId(click.ParamType[bytes, Any]):
+    """A card or terminal ID: 8 printable ASCII characters, or 16 hex digits."""
+
+    name = "id"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> bytes:
+        if isinstance(value, bytes):
+            return value
+        text = str(value)
+        if _HEX16.match(text):
+            return bytes.fromhex(text)
+        if _ID_TEXT.match(text):
+            return text.encode("ascii")
+        self.fail(f"{value!r} is not an ID (8 characters, or 16 hex digits)", param, ctx)
+
+
+class Pin(click.ParamType[bytes, Any]):
+    name = "pin"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> bytes:
+        text = str(value)
+        if not (4 <= len(text) <= 12 and text.isdigit() and text.isascii()):
+            self.fail("a PIN is 4 to 12 digits", param, ctx)
+        return text.encode("ascii")
+
+
+class Instant(click.ParamType[SetClock, Any]):
+    """An ISO 8601 time; the clock then stands at it."""
+
+    name = "iso8601"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> SetClock:
+        if isinstance(value, SetClock):
+            return value
+        try:
+            return SetClock(parse_instant(str(value)))
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+
+
+AMOUNT, ID, PIN, INSTANT = Amount(), EightByteId(), Pin(), Instant()
+
+
+def clock_of(now: SetClock | None) -> Callable[[], int]:
+    return now if now is not None else system_clock
+
+
+def now_option(f: F) -> F:
+    return click.option(
+        "--now",
+        type=INSTANT,
+        default=None,
+        help="The simulated time of this step, ISO 8601 (2026-12-01T09:00:00Z); "
+        "default: the system clock. The in-process issuer signs with the same time.",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")(f)
+
+
+def card_option(f: F) -> F:
+    return click.option(
+        "--card",
+        "card_path",
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="The card's image file.",
+    )(f)
+
+
+def pin_option(f: F) -> F:
+    return click.option("--pin", type=PIN, default=None, help="The card's PIN.")(f)
