@@ -10,20 +10,51 @@ from click.testing import CliRunner
 from purse_cli.main import cli
 
 
-def test_demo_story_facts(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["demo", "--home", str(tmp_path)])
+def _demo(home: Path) -> str:
+    result = CliRunner().invoke(cli, ["--home", str(home), "demo"])
     assert result.exit_code == 0, result.output
-    out = result.output
+    return result.output
+
+
+def test_demo_story_facts(tmp_path: Path) -> None:
+    out = _demo(tmp_path)
+    # two cards issued, renewed and loaded through the issuer
+    assert "Alice: card P0000001" in out and "Bob: card P0000002" in out
+    assert "loaded 200.00 EUR; balance 200.00 EUR" in out
+    assert "loaded 100.00 EUR; balance 100.00 EUR" in out
+    # offline payments with verified receipts; the PIN rule holds
     assert out.count("card-signed receipt verified") == 3
+    assert "6982" in out
     # the card itself refuses after expiry, and nothing is debited
-    assert re.search(r"9C02: purse: credential expired.*balance stays 57\.50 EUR", out)
-    assert re.search(r"9C03: .*time mark; balance stays 52\.50 EUR", out)
+    assert re.search(r"9C02: purse: credential expired.*balance stays 195\.50 EUR", out)
+    # the lying clock and the power cut change nothing
+    assert re.search(r"9C03: .*time mark; balance stays 192\.50 EUR", out)
     assert "unchanged: the payment never happened" in out
-    assert re.search(r"9C07: purse: card is locked; balance stays 52\.50 EUR", out)
-    assert "is LOCKED, balance 52.50 EUR, ATC 6" in out
-    history = [line.split()[2] for line in out.splitlines() if line.strip().startswith("ATC ")]
-    assert history == ["LOCK", "PAY", "RENEW", "PAY", "PAY", "LOAD", "RENEW"]
-    assert (tmp_path / "demo-card.img").exists()
+    # the stolen card is locked out by the POS's blocklist, and by the ATM
+    assert "blocklist version 1" in out
+    assert "P0000002 is on the blocklist: locked and ejected" in out
+    assert "lock order: card locked and kept" in out
+    # settlement credits exactly the three payments
+    assert "3 receipts accepted, 0 refused, 42.50 EUR credited" in out
+    # the clone is caught by its counter going back
+    assert "card counter went back from 4 to 2" in out
+    assert re.search(r"Alice +card P0000001 ACTIVE +balance +192\.50 EUR +shadow +192\.50", out)
+    assert re.search(r"Bob +card P0000002 LOCKED +balance +65\.00 EUR .*stolen", out)
+    assert "1 clone flagged" in out
+
+
+def test_demo_runs_again_in_the_same_home(tmp_path: Path) -> None:
+    first = _demo(tmp_path)
+    assert (tmp_path / "demo" / "alice.img").exists()
+    assert _demo(tmp_path).splitlines()[1:] == first.splitlines()[1:]
+
+
+def test_demo_leaves_a_foreign_folder_alone(tmp_path: Path) -> None:
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "mine.txt").write_text("keep me")
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path), "demo"])
+    assert result.exit_code != 0
+    assert (tmp_path / "demo" / "mine.txt").read_text() == "keep me"
 
 
 def test_demo_help_explains() -> None:
