@@ -26,13 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from apdu.clock import SetClock  # noqa: E402
-from apdu.purse import PURSE_AID  # noqa: E402
-from apdu.purse_client import PurseClient  # noqa: E402
-from apdu.transport import CardChannel, LocalTransport  # noqa: E402
-from card_os.card import Card  # noqa: E402
-from card_os.purse import PurseApplet  # noqa: E402
-from issuer.centre import IssuerCentre  # noqa: E402
+from apdu.clock import SetClock
+from apdu.purse import PURSE_AID
+from apdu.purse_client import PurseClient
+from apdu.transport import CardChannel, LocalTransport
+from card_os.card import Card
+from card_os.purse import PurseApplet
+from issuer.centre import IssuerCentre
 
 T0 = 1_800_000_000
 
@@ -87,7 +87,10 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"{args.cards} cards x {args.rounds} rounds of online sessions, renew only")
     print(f"{'registry commits':<34}{'renewals/s':>12}{'median ms':>11}{'p99 ms':>9}")
-    for durable, label in ((True, "durable (synchronous=FULL)"), (False, "process-safe (NORMAL, WAL)")):
+    for durable, label in (
+        (True, "durable (synchronous=FULL)"),
+        (False, "process-safe (NORMAL, WAL)"),
+    ):
         rate, timings = run(durable, args.cards, args.rounds)
         p99 = statistics.quantiles(timings, n=100)[98]
         print(

@@ -73,9 +73,12 @@ class IssuerCentre:
             with self.registry.transaction() as tx:
                 return action(tx, now)
         except Refused as refusal:
-            with self.registry.transaction() as tx:
-                tx.audit(now, f"refused_{refusal.reason}", refusal.card_id, str(refusal))
+            self._audit_refusal(refusal, now)
             raise
+
+    def _audit_refusal(self, refusal: Refused, now: int) -> None:
+        with self.registry.transaction() as tx:
+            tx.audit(now, f"refused_{refusal.reason}", refusal.card_id, str(refusal))
 
     def read(self, query: Callable[[RegistryTx], T]) -> T:
         with self.registry.transaction() as tx:
@@ -139,10 +142,15 @@ class IssuerCentre:
         pin = pin if pin is not None else new_pin()
         if not _HOLDER.match(holder):
             raise IssuerError(f"holder name {holder!r}: 1 to 64 letters, digits, spaces, .'@-")
-        check_blank(client)
-        card_id = self.decide(lambda tx, now: card_id_for(tx.next_number("card")))
         key = self.keys.current
-        done = personalise(client, key, self.policy, card_id, pin, self.clock())
+        started = self.clock()
+        try:
+            check_blank(client)
+            card_id = self.decide(lambda tx, now: card_id_for(tx.next_number("card")))
+            done = personalise(client, key, self.policy, card_id, pin, started)
+        except Refused as refusal:
+            self._audit_refusal(refusal, started)
+            raise
 
         def register(tx: RegistryTx, now: int) -> None:
             if tx.holder_balance(holder) is None:

@@ -70,6 +70,7 @@ class KeyRing:
         if (folder / _CURRENT).exists():
             raise KeyFileError(f"{folder}: an issuer key ring is already there")
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.chmod(0o700)  # also when the folder was there already
         key = IssuerKey.generate()
         made = cls({key.key_id: key}, key.key_id, folder)
         made._save(key)
@@ -80,6 +81,12 @@ class KeyRing:
         current_file = folder / _CURRENT
         if not current_file.exists():
             raise KeyFileError(f"{folder}: no issuer key ring (run `purse issuer init`)")
+        mode = folder.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeyFileError(
+                f"{folder}: key folder is open to other users (mode {stat.S_IMODE(mode):o}); "
+                "run chmod 700 on it"
+            )
         try:
             current = bytes.fromhex(_read_private(current_file).decode("ascii").strip())
         except ValueError:

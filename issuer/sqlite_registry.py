@@ -127,6 +127,9 @@ CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_append_only_replace BEFORE INSERT ON audit
+WHEN NEW.seq IS NOT NULL AND EXISTS (SELECT 1 FROM audit WHERE seq = NEW.seq)
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
 
 # MIGRATIONS[n] brings a file at schema version n to version n + 1.
@@ -456,13 +459,17 @@ class SQLiteRegistry(Registry):
         commit survives a crash of the process but not of the machine.
         """
         self.path = str(path)
-        if self.path != ":memory:" and not create and not Path(path).exists():
-            raise RegistryError(f"{path}: no issuer registry here (run `purse issuer init`)")
+        if self.path != ":memory:":
+            _check_file(Path(path), create)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._prepare(durable)
         except sqlite3.DatabaseError as err:
+            self._db.close()
             raise RegistryError(f"{path}: not an issuer registry ({err})") from None
+        except RegistryError:
+            self._db.close()
+            raise
         self._tx = SQLiteTx(self._db)
 
     def _prepare(self, durable: bool) -> None:
@@ -510,6 +517,24 @@ class SQLiteRegistry(Registry):
     @property
     def schema_version(self) -> int:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_file(path: Path, create: bool) -> None:
+    """Only an SQLite file (or an empty one, or none when creating) may be opened."""
+    if not path.exists():
+        if not create:
+            raise RegistryError(f"{path}: no issuer registry here (run `purse issuer init`)")
+        return
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except OSError as err:
+        raise RegistryError(f"{path}: cannot read ({err.strerror})") from None
+    if head and head != _SQLITE_MAGIC:
+        raise RegistryError(f"{path}: not an issuer registry (not an SQLite file)")
 
 
 def _statements(script: str) -> Iterator[str]:

@@ -79,11 +79,10 @@ class PurseRig:
         values.update(changes)
         return self.issuer.credential(Credential(card_id=CARD_ID, card_nonce=nonce, **values))
 
-    def renew(self, now: int, load: int = 0) -> int:
-        """A whole online session: renew the credential, and load ``load``."""
-        request = self.begin()
+    def update_for(self, request: OnlineRequest, now: int, load: int = 0) -> bytes:
+        """The issuer's answer to ``request``: renew the credential, and load ``load``."""
         actions = UpdateAction.RENEW | (UpdateAction.LOAD if load else UpdateAction(0))
-        update = self.issuer.update(
+        return self.issuer.update(
             CARD_ID,
             request.card_nonce,
             now,
@@ -91,7 +90,10 @@ class PurseRig:
             load_amount=load,
             credential=self.credential_for(request.card_nonce, now),
         )
-        return self.client.issuer_update(update)
+
+    def renew(self, now: int, load: int = 0) -> int:
+        """A whole online session: renew the credential, and load ``load``."""
+        return self.client.issuer_update(self.update_for(self.begin(), now, load))
 
     def pay(self, amount: int, now: int, terminal: bytes = TERMINAL_ID) -> bytes:
         return self.client.pay(PayData(amount, now, terminal, NONCE))

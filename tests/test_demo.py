@@ -19,7 +19,8 @@ def _demo(home: Path) -> str:
 def test_demo_story_facts(tmp_path: Path) -> None:
     out = _demo(tmp_path)
     # two cards issued, renewed and loaded through the issuer
-    assert "Alice: card P0000001" in out and "Bob: card P0000002" in out
+    assert "Alice: card P0000001" in out
+    assert "Bob: card P0000002" in out
     assert "loaded 200.00 EUR; balance 200.00 EUR" in out
     assert "loaded 100.00 EUR; balance 100.00 EUR" in out
     # offline payments with verified receipts; the PIN rule holds
@@ -37,7 +38,7 @@ def test_demo_story_facts(tmp_path: Path) -> None:
     # settlement credits exactly the three payments
     assert "3 receipts accepted, 0 refused, 42.50 EUR credited" in out
     # the clone is caught by its counter going back
-    assert "card counter went back from 4 to 2" in out
+    assert re.search(r"card counter \d+ is not above the \d+ already seen", out)
     assert re.search(r"Alice +card P0000001 ACTIVE +balance +192\.50 EUR +shadow +192\.50", out)
     assert re.search(r"Bob +card P0000002 LOCKED +balance +65\.00 EUR .*stolen", out)
     assert "1 clone flagged" in out

@@ -242,11 +242,6 @@ def test_a_file_of_random_bytes_is_refused_unchanged(tmp_path: Path, content: by
     assert_refused_unchanged(path, "not an issuer registry")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SQLite reads a 1-byte file as an empty database; SQLiteRegistry then takes it "
-    "for a version-0 registry and migrates it, overwriting a file that is not a registry",
-)
 def test_a_one_byte_file_is_refused_unchanged(tmp_path: Path) -> None:
     path = tmp_path / "registry.sqlite"
     path.write_bytes(b"x")
@@ -290,12 +285,6 @@ def test_the_audit_log_is_append_only(audited: Path, statement: str) -> None:
     assert audit_rows(audited) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: INSERT OR REPLACE deletes the old audit row without firing the DELETE trigger "
-    "(SQLite fires delete triggers on REPLACE only with recursive_triggers), so an audit row "
-    "can be rewritten",
-)
 def test_insert_or_replace_cannot_rewrite_the_audit_log(audited: Path) -> None:
     before = audit_rows(audited)
     with connect(audited) as db, pytest.raises(sqlite3.IntegrityError):

@@ -324,10 +324,13 @@ class PurseApplet(Applet):
         s = self.state
         nonce = self.ctx.random(NONCE_LEN)
         cred = s.credential()
+        # Every request gets its own ATC, so the issuer can order them: a request
+        # held back and sent after a later one shows a counter going backwards.
+        atc = s.next_atc()
         request = OnlineRequest(
             card_id=s.card_id,
             card_nonce=nonce,
-            atc=s.atc,
+            atc=atc,
             state=current,
             balance=s.balance,
             currency=s.currency,
