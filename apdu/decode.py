@@ -6,10 +6,12 @@ out. Nothing here raises on odd input; what does not parse is shown as hex.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import fields
 from enum import IntEnum
 from typing import Any
 
+from apdu.clock import format_instant
 from apdu.command import CommandApdu
 from apdu.errors import WireError
 from apdu.purse import (
@@ -27,7 +29,7 @@ from apdu.purse import (
 from apdu.response import ResponseApdu
 from apdu.signed import ObjectKind, SignedObjectError, parse_envelope
 from apdu.status import describe
-from apdu.tlv import format_tree, parse_all
+from apdu.tlv import Tlv, format_tree, parse_all
 
 BODIES: dict[int, type[Message]] = {
     ObjectKind.CARD_CERTIFICATE: CardCertificate,
@@ -72,6 +74,9 @@ def message_lines(message: Message, indent: str = "  ") -> list[str]:
                 lines.append(f"{indent}{f.name}:")
                 lines.extend(nested)
                 continue
+        if isinstance(value, int) and (f.name.endswith(("_at", "_time")) or f.name == "time"):
+            lines.append(f"{indent}{f.name}: {value} ({format_instant(value)})")
+            continue
         lines.append(f"{indent}{f.name}: {_value(value)}")
     return lines
 
@@ -114,4 +119,19 @@ def response_lines(cmd: CommandApdu | None, resp: ResponseApdu) -> list[str]:
     except WireError:
         return lines
     lines.extend("  " + line for line in format_tree(tree).splitlines())
+    for item in _primitives(tree):  # a credential or certificate inside GET DATA
+        try:
+            nested = signed_lines(item.value_bytes, "    ")
+        except SignedObjectError:
+            continue
+        lines.append(f"  {item.tag:X} holds:")
+        lines.extend(nested)
     return lines
+
+
+def _primitives(items: Iterable[Tlv]) -> Iterator[Tlv]:
+    for item in items:
+        if isinstance(item.value, tuple):
+            yield from _primitives(item.value)
+        else:
+            yield item

@@ -380,3 +380,10 @@ MESSAGES: tuple[type[Message], ...] = (
 
 def valid_pin(pin: bytes) -> bool:
     return PIN_MIN <= len(pin) <= PIN_MAX and pin.isdigit()
+
+
+def printable_id(raw: bytes) -> str:
+    """A card or terminal ID for people: its text when printable ASCII, else hex."""
+    if raw and raw.isascii() and raw.decode("ascii").isprintable():
+        return raw.decode("ascii")
+    return raw.hex().upper()

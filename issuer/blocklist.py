@@ -10,6 +10,7 @@ also voids any older lock order the card may still meet. Files are built by
 from __future__ import annotations
 
 from apdu.blocklist import build_blocklist
+from apdu.purse import printable_id
 from issuer.errors import Refused
 from issuer.keys import KeyRing
 from issuer.registry import CardState, ListEntry, RegistryTx
@@ -23,7 +24,7 @@ def report(tx: RegistryTx, keys: KeyRing, now: int, card_id: bytes, reason: Card
         raise Refused("bad_reason", "a card is reported lost or stolen", card_id)
     card = tx.card(card_id)
     if card is None:
-        raise Refused("unknown_card", f"card {card_id.hex().upper()} is not registered", card_id)
+        raise Refused("unknown_card", f"card {printable_id(card_id)} is not registered", card_id)
     if card.status is not CardState.ACTIVE:
         raise Refused("not_active", f"the card is already {card.status.value}", card_id)
     version = tx.new_blocklist_version(now)
@@ -44,7 +45,7 @@ def found(tx: RegistryTx, now: int, card_id: bytes) -> int:
     """Take a found card off the list and have its next session unlock it."""
     card = tx.card(card_id)
     if card is None:
-        raise Refused("unknown_card", f"card {card_id.hex().upper()} is not registered", card_id)
+        raise Refused("unknown_card", f"card {printable_id(card_id)} is not registered", card_id)
     if card.status not in LOCK_REASONS:
         raise Refused("not_reported", f"the card is {card.status.value}, not reported", card_id)
     version = tx.new_blocklist_version(now)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from apdu.clock import Clock, system_clock
+from apdu.purse import printable_id
 from apdu.purse_client import PurseClient
 from issuer import blocklist, session, settlement
 from issuer.errors import IssuerError, Refused
@@ -130,7 +131,12 @@ class IssuerCentre:
         def add(tx: RegistryTx, now: int) -> None:
             if tx.terminal(terminal_id) is None:
                 tx.add_terminal(terminal_id, merchant)
-                tx.audit(now, "terminal_registered", None, f"{terminal_id!r} for {merchant!r}")
+                tx.audit(
+                    now,
+                    "terminal_registered",
+                    None,
+                    f"{printable_id(terminal_id)} for {merchant!r}",
+                )
 
         self.decide(add)
 
@@ -176,7 +182,7 @@ class IssuerCentre:
     def card(self, card_id: bytes) -> CardRecord:
         found = self.read(lambda tx: tx.card(card_id))
         if found is None:
-            raise IssuerError(f"card {card_id!r} is not registered")
+            raise IssuerError(f"card {printable_id(card_id)} is not registered")
         return found
 
     def cards(self) -> list[CardRecord]:
@@ -186,7 +192,9 @@ class IssuerCentre:
         def apply(tx: RegistryTx, now: int) -> None:
             card = tx.card(card_id)
             if card is None:
-                raise Refused("unknown_card", f"card {card_id!r} is not registered", card_id)
+                raise Refused(
+                    "unknown_card", f"card {printable_id(card_id)} is not registered", card_id
+                )
             change(card)
             tx.save_card(card)
             tx.audit(now, event, card_id, "requested by the operator")

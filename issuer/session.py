@@ -24,7 +24,7 @@ from functools import lru_cache
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from apdu.purse import Credential, LifeCycle, OnlineRequest, UpdateAction
+from apdu.purse import Credential, LifeCycle, OnlineRequest, UpdateAction, printable_id
 from apdu.signed import (
     BadSignature,
     MalformedObject,
@@ -56,10 +56,6 @@ class SessionReply:
     actions: int = 0
 
 
-def _card_id(card_id: bytes) -> str:
-    return card_id.hex().upper()
-
-
 @lru_cache(maxsize=4096)
 def _card_key(public: bytes) -> ec.EllipticCurvePublicKey:
     return public_key_from_bytes(public)
@@ -75,7 +71,7 @@ def open_request(tx: RegistryTx, raw: bytes) -> tuple[CardRecord, OnlineRequest]
         raise Refused("malformed", f"a signed object of kind {env.kind:02X}, not a request")
     card = tx.card(env.key_id)
     if card is None:
-        raise Refused("unknown_card", f"card {_card_id(env.key_id)} is not registered")
+        raise Refused("unknown_card", f"card {printable_id(env.key_id)} is not registered")
     try:
         verify_envelope(env, _card_key(card.public_key))
         request = OnlineRequest.decode(env.body)
@@ -151,7 +147,7 @@ def online_session(
     if card.status in (CardState.LOST, CardState.STOLEN):
         entry = tx.listing(cid)
         if entry is None:
-            raise RegistryError(f"card {_card_id(cid)} is {card.status.value} but not listed")
+            raise RegistryError(f"card {printable_id(cid)} is {card.status.value} but not listed")
         tx.save_card(card)
         tx.audit(now, "lock_order_sent", cid, f"card reported {card.status.value}")
         return SessionReply(ReplyKind.LOCK, cid, entry.lock_order)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from apdu.purse import CardCertificate, Receipt
+from apdu.purse import CardCertificate, Receipt, printable_id
 from apdu.signed import (
     BadSignature,
     MalformedObject,
@@ -131,7 +131,7 @@ def settle(
     tx: RegistryTx, keys: KeyRing, now: int, terminal_id: bytes, items: Sequence[SettlementItem]
 ) -> SettlementReport:
     if tx.terminal(terminal_id) is None:
-        raise Refused("unknown_terminal", f"terminal {terminal_id!r} is not registered")
+        raise Refused("unknown_terminal", f"terminal {printable_id(terminal_id)} is not registered")
     issuer_keys: dict[bytes, ec.EllipticCurvePublicKey] = {
         kid: public_key_from_bytes(pub) for kid, pub in keys.public_keys().items()
     }
@@ -173,7 +173,7 @@ def settle(
         now,
         "batch_settled",
         None,
-        f"batch {batch_id} from {terminal_id.hex().upper()}: {len(report.accepted)} accepted, "
+        f"batch {batch_id} from {printable_id(terminal_id)}: {len(report.accepted)} accepted, "
         f"{len(report.refused)} refused, {report.credited} credited",
     )
     return report

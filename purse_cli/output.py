@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from apdu.clock import format_instant
+from apdu.purse import printable_id
 
 EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED = 1, 2, 3
 CURRENCIES = {978: "EUR", 840: "USD", 826: "GBP", 392: "JPY", 756: "CHF"}
@@ -45,10 +46,8 @@ def when(seconds: int) -> str:
 
 
 def card_name(card_id: bytes) -> str:
-    """Card and terminal IDs are printable ASCII here; anything else is shown in hex."""
-    if card_id.isascii() and card_id.decode("ascii").isprintable():
-        return card_id.decode("ascii")
-    return card_id.hex().upper()
+    """Card and terminal IDs as people read them (text, or hex when not printable)."""
+    return printable_id(card_id)
 
 
 def emit(as_json: bool, data: Any, lines: list[str] | str) -> None:

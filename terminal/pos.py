@@ -16,7 +16,7 @@ import contextlib
 import secrets
 
 from apdu.clock import Clock, system_clock
-from apdu.purse import BlocklistHeader, Credential, LifeCycle, PayData, Tag
+from apdu.purse import BlocklistHeader, Credential, LifeCycle, PayData, Tag, printable_id
 from apdu.purse_client import PurseClient
 from apdu.signed import SignedObjectError, parse_envelope
 from apdu.status import SW, CardError
@@ -101,7 +101,7 @@ class Pos:
                 client.lock(order)
             raise Declined(
                 "blocklisted",
-                f"card {card_id.decode(errors='replace')} is on the blocklist: locked and ejected",
+                f"card {printable_id(card_id)} is on the blocklist: locked and ejected",
             )
         status = client.status()
         if status.state is LifeCycle.LOCKED:
