@@ -129,14 +129,17 @@ class IssuerCentre:
             raise IssuerError("a terminal ID has 8 bytes")
 
         def add(tx: RegistryTx, now: int) -> None:
-            if tx.terminal(terminal_id) is None:
-                tx.add_terminal(terminal_id, merchant)
-                tx.audit(
-                    now,
+            known = tx.terminal(terminal_id)
+            if known is not None:
+                if known.merchant == merchant:
+                    return  # registered already, as asked
+                raise Refused(
                     "terminal_registered",
-                    None,
-                    f"{printable_id(terminal_id)} for {merchant!r}",
+                    f"terminal {printable_id(terminal_id)} is registered for {known.merchant!r}",
                 )
+            tx.add_terminal(terminal_id, merchant)
+            who = f"{printable_id(terminal_id)} for {merchant!r}"
+            tx.audit(now, "terminal_registered", None, who)
 
         self.decide(add)
 

@@ -6,6 +6,7 @@ Every known failure becomes one line on stderr and an exit code (see
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +21,35 @@ from purse_cli.card_cmds import card
 from purse_cli.demo import demo
 from purse_cli.home import Home
 from purse_cli.issuer_cmds import issuer
-from purse_cli.output import Failure, Refusal
+from purse_cli.output import EXIT_ERROR, Failure, Refusal
 from purse_cli.terminal_cmds import atm, pos
 from terminal.errors import Declined, TerminalError
 
+NO_ARGS_IS_HELP = click.exceptions.NoArgsIsHelpError
 REFUSALS = (Declined, Refused, CardError)
 ERRORS = (IssuerError, TerminalError, ImageError, TransportError, WireError, OSError)
 
 
 class PurseGroup(click.Group):
-    """Turns our errors into one line and an exit code."""
+    """Turns our errors, and click's usage errors, into one line and an exit code."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except NO_ARGS_IS_HELP as err:  # a group called without a command: its help
+            err.show()
+            sys.exit(err.exit_code)
+        except click.UsageError as err:
+            where = err.ctx.command_path if err.ctx is not None else "purse"
+            click.echo(f"purse: {err.format_message()} (see `{where} --help`)", err=True)
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.echo("purse: aborted", err=True)
+            sys.exit(EXIT_ERROR)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,6 +14,7 @@ from apdu.clock import SetClock, parse_instant, system_clock
 F = TypeVar("F", bound=Callable[..., Any])
 _ID_TEXT = re.compile(r"^[\x21-\x7e]{8}$")
 _HEX16 = re.compile(r"^[0-9A-Fa-f]{16}$")
+_AMOUNT = re.compile(r"(?P<units>[0-9]{1,12})(?:\.(?P<cents>[0-9]{2}))?", re.ASCII)
 
 
 class Amount(click.ParamType[int, Any]):
@@ -23,22 +23,17 @@ class Amount(click.ParamType[int, Any]):
     name = "amount"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            minor = value
-        else:
-            text = str(value).strip()
-            try:
-                if "." in text:
-                    major = Decimal(text)
-                    if major.as_tuple().exponent != -2:
-                        raise InvalidOperation
-                    minor = int(major * 100)
-                else:
-                    minor = int(text, 10)
-            except (InvalidOperation, ValueError):
-                self.fail(f"{value!r} is not an amount (cents like 1250, or 12.50)", param, ctx)
-        if not 0 < minor < 1 << 32:
+        text = str(value).strip()
+        if _AMOUNT.fullmatch(text.removeprefix("-")) and text.startswith("-"):
             self.fail(f"{value!r}: an amount must be positive", param, ctx)
+        match = _AMOUNT.fullmatch(text)
+        if match is None:
+            self.fail(f"{value!r} is not an amount (cents like 1250, or 12.50)", param, ctx)
+        minor = int(match["units"]) * (100 if match["cents"] else 1) + int(match["cents"] or 0)
+        if minor == 0:
+            self.fail(f"{value!r}: an amount must be positive", param, ctx)
+        if minor >= 1 << 32:
+            self.fail(f"{value!r}: too large (at most 42949672.95)", param, ctx)
         return minor
 
 
