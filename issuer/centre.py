@@ -116,9 +116,12 @@ class IssuerCentre:
         return self.decide(pay_in)
 
     @staticmethod
-    def _new_holder(tx: RegistryTx, holder: str) -> None:
+    def _check_holder(holder: str) -> None:
         if not _HOLDER.match(holder):
             raise IssuerError(f"holder name {holder!r}: 1 to 64 letters, digits, spaces, .'@-")
+
+    def _new_holder(self, tx: RegistryTx, holder: str) -> None:
+        self._check_holder(holder)
         tx.add_holder(holder)
 
     def holder_balance(self, holder: str) -> int | None:
@@ -149,8 +152,7 @@ class IssuerCentre:
     ) -> tuple[bytes, bytes]:
         """Personalise the blank card behind ``client``; returns (card ID, PIN)."""
         pin = pin if pin is not None else new_pin()
-        if not _HOLDER.match(holder):
-            raise IssuerError(f"holder name {holder!r}: 1 to 64 letters, digits, spaces, .'@-")
+        self._check_holder(holder)  # before the card is touched
         key = self.keys.current
         started = self.clock()
         try:

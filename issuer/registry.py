@@ -164,6 +164,9 @@ class RegistryTx(ABC):
     def terminal(self, terminal_id: bytes) -> TerminalRecord | None: ...
 
     @abstractmethod
+    def terminals(self) -> list[TerminalRecord]: ...
+
+    @abstractmethod
     def add_terminal(self, terminal_id: bytes, merchant: str) -> None: ...
 
     @abstractmethod

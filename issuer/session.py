@@ -113,6 +113,10 @@ def _resolve_pending(
     return applied
 
 
+def _applied_note(applied: list[int]) -> str:
+    return f"card applied serials {applied or 'none'} since its last session"
+
+
 def _check_not_clone(card: CardRecord, request: OnlineRequest) -> None:
     """Every request has its own ATC (BEGIN ONLINE counts), so a genuine card's
     request always shows a counter above anything the issuer has seen of it:
@@ -149,7 +153,12 @@ def online_session(
         if entry is None:
             raise RegistryError(f"card {printable_id(cid)} is {card.status.value} but not listed")
         tx.save_card(card)
-        tx.audit(now, "lock_order_sent", cid, f"card reported {card.status.value}")
+        tx.audit(
+            now,
+            "lock_order_sent",
+            cid,
+            f"card reported {card.status.value}; {_applied_note(applied)}",
+        )
         return SessionReply(ReplyKind.LOCK, cid, entry.lock_order)
     if request.state == LifeCycle.LOCKED and not card.unlock_requested:
         raise Refused("card_locked", "the card is locked; the issuer must unlock it first", cid)
@@ -206,6 +215,6 @@ def online_session(
         "renewal",
         cid,
         f"serial {serial} until {expires}; actions {actions.value:#04x}; load {load}; "
-        f"card applied serials {applied or 'none'} since its last session",
+        f"{_applied_note(applied)}",
     )
     return SessionReply(ReplyKind.UPDATE, cid, update, serial, now, expires, load, actions)

@@ -321,6 +321,10 @@ class SQLiteTx(RegistryTx):
         row = self._one("SELECT * FROM terminals WHERE terminal_id = ?", terminal_id)
         return None if row is None else TerminalRecord(*row)
 
+    def terminals(self) -> list[TerminalRecord]:
+        rows = self._db.execute("SELECT * FROM terminals ORDER BY terminal_id")
+        return [TerminalRecord(*row) for row in rows]
+
     def add_terminal(self, terminal_id: bytes, merchant: str) -> None:
         self._run("INSERT INTO terminals VALUES (?, ?, 0)", terminal_id, merchant)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -235,19 +236,17 @@ def settle(home: Home, as_json: bool) -> None:
     """Show settlement: each terminal's batches and what its merchant was credited."""
 
     def read(tx: RegistryTx) -> list[dict[str, Any]]:
-        out = []
-        for receipt_card in {r.terminal_id for r in tx.receipts()}:
-            t = tx.terminal(receipt_card)
-            if t is not None:
-                out.append(
-                    {
-                        "terminal_id": card_name(t.terminal_id),
-                        "merchant": t.merchant,
-                        "credited": t.credited,
-                        "receipts": sum(1 for r in tx.receipts() if r.terminal_id == t.terminal_id),
-                    }
-                )
-        return sorted(out, key=lambda d: str(d["terminal_id"]))
+        settled = Counter(r.terminal_id for r in tx.receipts())
+        return [
+            {
+                "terminal_id": card_name(t.terminal_id),
+                "merchant": t.merchant,
+                "credited": t.credited,
+                "receipts": settled[t.terminal_id],
+            }
+            for t in tx.terminals()
+            if settled[t.terminal_id]
+        ]
 
     with home.centre(clock_of(None)) as centre:
         data = centre.read(read)
