@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from apdu.purse import printable_id
 from issuer.errors import RegistryError
 from issuer.registry import (
     AuditEntry,
@@ -143,6 +144,32 @@ _CARD_COLUMNS = (
 )
 
 
+# the columns a card's life changes, in table order (after the identity columns)
+_MUTABLE_COLUMNS = (
+    "status",
+    "last_atc",
+    "last_balance",
+    "shadow_balance",
+    "credential_serial",
+    "unlock_requested",
+    "unblock_requested",
+    "unlocked_at",
+)
+
+
+def _mutable(card: CardRecord) -> tuple[Any, ...]:
+    return (
+        card.status.value,
+        card.last_atc,
+        card.last_balance,
+        card.shadow_balance,
+        card.credential_serial,
+        int(card.unlock_requested),
+        int(card.unblock_requested),
+        card.unlocked_at,
+    )
+
+
 def _card(row: Any) -> CardRecord:
     return CardRecord(
         card_id=row[0],
@@ -230,33 +257,17 @@ class SQLiteTx(RegistryTx):
             card.currency,
             card.max_balance,
             card.issued_at,
-            card.status.value,
-            card.last_atc,
-            card.last_balance,
-            card.shadow_balance,
-            card.credential_serial,
-            int(card.unlock_requested),
-            int(card.unblock_requested),
-            card.unlocked_at,
+            *_mutable(card),
         )
 
     def save_card(self, card: CardRecord) -> None:
         changed = self._run(
-            "UPDATE cards SET status = ?, last_atc = ?, last_balance = ?, shadow_balance = ?, "
-            "credential_serial = ?, unlock_requested = ?, unblock_requested = ?, "
-            "unlocked_at = ? WHERE card_id = ?",
-            card.status.value,
-            card.last_atc,
-            card.last_balance,
-            card.shadow_balance,
-            card.credential_serial,
-            int(card.unlock_requested),
-            int(card.unblock_requested),
-            card.unlocked_at,
+            f"UPDATE cards SET {', '.join(c + ' = ?' for c in _MUTABLE_COLUMNS)} WHERE card_id = ?",
+            *_mutable(card),
             card.card_id,
         )
         if changed != 1:
-            raise RegistryError(f"no card {card.card_id.hex().upper()} to save")
+            raise RegistryError(f"no card {printable_id(card.card_id)} to save")
 
     def note_request(self, card_id: bytes, nonce: bytes, at: int) -> bool:
         try:
@@ -403,7 +414,7 @@ class SQLiteTx(RegistryTx):
             card_id,
         )
         if changed != 1:
-            raise RegistryError(f"card {card_id.hex().upper()} is not listed")
+            raise RegistryError(f"card {printable_id(card_id)} is not listed")
 
     def listing(self, card_id: bytes) -> ListEntry | None:
         row = self._one(
