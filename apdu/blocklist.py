@@ -39,15 +39,15 @@ from apdu.signed import (
 
 _DIGEST_DOMAIN = b"purse blocklist entries\x00"
 
-BLOCKLIST_FILE = cs.Struct(
-    "header" / cs.Prefixed(cs.Int16ub, cs.GreedyBytes),
-    "added" / cs.PrefixedArray(cs.Int32ub, cs.Prefixed(cs.Int16ub, cs.GreedyBytes)),
-    "removed" / cs.PrefixedArray(cs.Int32ub, cs.Bytes(CARD_ID_LEN)),
-    cs.Terminated,
-)
+# the entries: what the header's digest covers
 _ENTRIES = cs.Struct(
     "added" / cs.PrefixedArray(cs.Int32ub, cs.Prefixed(cs.Int16ub, cs.GreedyBytes)),
     "removed" / cs.PrefixedArray(cs.Int32ub, cs.Bytes(CARD_ID_LEN)),
+)
+BLOCKLIST_FILE = cs.Struct(
+    "header" / cs.Prefixed(cs.Int16ub, cs.GreedyBytes),
+    *_ENTRIES.subcons,
+    cs.Terminated,
 )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -187,6 +188,11 @@ def public_key_from_bytes(raw: bytes) -> ec.EllipticCurvePublicKey:
         return ec.EllipticCurvePublicKey.from_encoded_point(_CURVE, raw)
     except ValueError:
         raise MalformedObject("public key is not a point on P-256") from None
+
+
+def public_keys(points: Mapping[bytes, bytes]) -> dict[bytes, ec.EllipticCurvePublicKey]:
+    """Key ID -> public point, as keys a verifier can use (MalformedObject if one is bad)."""
+    return {key_id: public_key_from_bytes(point) for key_id, point in points.items()}
 
 
 def key_id_of(public: bytes) -> bytes:

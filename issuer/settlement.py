@@ -27,6 +27,7 @@ from apdu.signed import (
     WrongKind,
     open_envelope,
     public_key_from_bytes,
+    public_keys,
 )
 from issuer.errors import Refused
 from issuer.keys import KeyRing
@@ -132,9 +133,7 @@ def settle(
 ) -> SettlementReport:
     if tx.terminal(terminal_id) is None:
         raise Refused("unknown_terminal", f"terminal {printable_id(terminal_id)} is not registered")
-    issuer_keys: dict[bytes, ec.EllipticCurvePublicKey] = {
-        kid: public_key_from_bytes(pub) for kid, pub in keys.public_keys().items()
-    }
+    issuer_keys = public_keys(keys.public_keys())
     batch_id = tx.add_batch(terminal_id, now)
     seen: set[tuple[bytes, int]] = set()
     results: list[ItemResult] = []

@@ -18,14 +18,14 @@ import secrets
 from apdu.clock import Clock, system_clock
 from apdu.purse import BlocklistHeader, Credential, LifeCycle, PayData, Tag, printable_id
 from apdu.purse_client import PurseClient
-from apdu.signed import SignedObjectError, parse_envelope
+from apdu.signed import SignedObjectError, parse_envelope, public_keys
 from apdu.status import SW, CardError
 from issuer.client import IssuerService, SettlementItem, SettlementReport
 from issuer.errors import IssuerError
 from terminal.errors import Declined, TerminalError
 from terminal.pos_state import MAX_DELTAS, PosState, Sale
 from terminal.session import card_step, online_session
-from terminal.trust import check_certificate, check_receipt, issuer_keys
+from terminal.trust import check_certificate, check_receipt
 
 DAY = 86_400
 
@@ -67,7 +67,7 @@ class Pos:
             raise TerminalError(f"the issuer could not answer: {err}") from None
         trusted = {**state.trusted_keys, **keys}
         try:
-            header = state.blocklist.apply(raw, issuer_keys(trusted))
+            header = state.blocklist.apply(raw, public_keys(trusted))
         except SignedObjectError as err:
             raise Declined(
                 "blocklist_refused", f"the issuer's blocklist is refused: {err}"
@@ -93,7 +93,7 @@ class Pos:
             cert_raw = client.get_data(Tag.CERTIFICATE)
         except CardError as err:
             raise card_step("to identify itself", err) from None
-        cert = check_certificate(cert_raw, card_id, issuer_keys(state.trusted_keys), now)
+        cert = check_certificate(cert_raw, card_id, public_keys(state.trusted_keys), now)
 
         order = state.blocklist.lock_order(card_id)
         if order is not None:

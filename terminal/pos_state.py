@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from apdu.blocklist import TrustedBlocklist
-from apdu.signed import SignedObjectError
+from apdu.signed import SignedObjectError, public_keys
 from terminal.errors import TerminalError
-from terminal.trust import issuer_keys
 
 STATE_VERSION = 1
 MAX_DELTAS = 16  # past this, the next sync asks for a full list
@@ -64,7 +63,7 @@ class PosState:
     def rebuild_blocklist(self) -> None:
         """Verify the held blocklist files again, in order, into a fresh list."""
         fresh = TrustedBlocklist()
-        keys = issuer_keys(self.trusted_keys)
+        keys = public_keys(self.trusted_keys)
         try:
             for raw in self.blocklist_files:
                 fresh.apply(raw, keys)

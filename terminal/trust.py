@@ -22,10 +22,6 @@ from apdu.signed import (
 from terminal.errors import Declined, TerminalError
 
 
-def issuer_keys(trusted: Mapping[bytes, bytes]) -> dict[bytes, ec.EllipticCurvePublicKey]:
-    return {kid: public_key_from_bytes(pub) for kid, pub in trusted.items()}
-
-
 def check_certificate(
     raw: bytes, card_id: bytes, keys: Mapping[bytes, ec.EllipticCurvePublicKey], now: int
 ) -> CardCertificate:

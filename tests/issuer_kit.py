@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from apdu.clock import SetClock
 from apdu.purse import PURSE_AID, PayData, Tag
 from apdu.purse_client import PurseClient
-from apdu.signed import public_key_from_bytes
+from apdu.signed import public_keys
 from apdu.transport import CardChannel, LocalTransport
 from card_os.card import Card
 from card_os.purse import PurseApplet
@@ -79,7 +79,7 @@ class IssuerRig:
         return reply
 
     def trusted_keys(self) -> dict[bytes, ec.EllipticCurvePublicKey]:
-        return {k: public_key_from_bytes(p) for k, p in self.centre.keys.public_keys().items()}
+        return public_keys(self.centre.keys.public_keys())
 
 
 def make_issuer(folder: Path, now: int = T0) -> IssuerRig:
