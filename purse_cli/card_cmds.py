@@ -7,11 +7,11 @@ from typing import Any
 
 import click
 
-from apdu.purse import HISTORY_SLOTS, PURSE_AID, HistoryKind, LifeCycle
+from apdu.purse import HISTORY_SLOTS, PURSE_AID, HistoryKind, LifeCycle, printable_id
 from card_os.purse import PurseApplet
 from card_os.purse.state import PurseState
 from purse_cli.home import card_file
-from purse_cli.output import card_name, emit, money, when
+from purse_cli.output import emit, money, when
 from purse_cli.params import json_option
 
 FILE = click.argument("path", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path))
@@ -47,11 +47,13 @@ def card_facts(state: PurseState) -> dict[str, Any]:
                 "amount": entry.amount,
                 "balance": entry.balance,
                 "time": when(entry.time),
-                "counterparty": card_name(entry.counterparty) if any(entry.counterparty) else None,
+                "counterparty": printable_id(entry.counterparty)
+                if any(entry.counterparty)
+                else None,
             }
         )
     return {
-        "card_id": card_name(state.card_id) if state.card_id else None,
+        "card_id": printable_id(state.card_id) if state.card_id else None,
         "state": state.life_cycle.name.lower(),
         "balance": state.balance,
         "currency": state.currency,

@@ -15,13 +15,14 @@ from pathlib import Path
 import click
 
 from apdu.clock import SetClock, parse_instant
+from apdu.purse import printable_id
 from apdu.purse_client import PurseClient
 from card_os.tear import PowerLoss, TearInjector
 from issuer.centre import IssuerCentre
 from issuer.client import InProcessIssuer
 from issuer.registry import CardState
 from purse_cli.home import Home, card_file
-from purse_cli.output import card_name, money, when
+from purse_cli.output import money, when
 from terminal.atm import Atm
 from terminal.errors import Declined
 from terminal.pos import Pos
@@ -120,7 +121,7 @@ def tell(story: Story) -> None:
         story.pins[name] = pin
         centre.deposit(name, 50_000)
         click.echo(
-            f"   {name}: card {card_name(card_id)} in {story.path(name).name}; "
+            f"   {name}: card {printable_id(card_id)} in {story.path(name).name}; "
             f"account {money(50_000)}"
         )
 
@@ -204,7 +205,7 @@ def tell(story: Story) -> None:
             client.select()
             status = client.status()
         click.echo(
-            f"   {name:<6} card {card_name(card.card_id)} {status.state.name:<7} "
+            f"   {name:<6} card {printable_id(card.card_id)} {status.state.name:<7} "
             f"balance {money(status.balance):>12}  shadow {money(card.shadow_balance):>12}  "
             f"account {money(centre.holder_balance(name) or 0):>12}  issuer status "
             f"{card.status.value}"

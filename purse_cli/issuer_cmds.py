@@ -9,12 +9,13 @@ from typing import Any
 import click
 
 from apdu.clock import SetClock
+from apdu.purse import printable_id
 from issuer.centre import IssuerCentre
 from issuer.errors import IssuerError
 from issuer.policy import DAY, Policy
 from issuer.registry import CardState, RegistryTx
 from purse_cli.home import Home, card_file
-from purse_cli.output import Failure, card_name, emit, money, when
+from purse_cli.output import Failure, emit, money, when
 from purse_cli.params import (
     AMOUNT,
     ID,
@@ -112,11 +113,11 @@ def issue(
     """Personalise the blank card in the file given by --card, and register it."""
     with home.centre(clock_of(now)) as centre, card_file(card_path) as (_card, client):
         card_id, pin = centre.issue(client, holder, pin)
-    data = {"card_id": card_name(card_id), "holder": holder, "pin": pin.decode()}
+    data = {"card_id": printable_id(card_id), "holder": holder, "pin": pin.decode()}
     emit(
         as_json,
         data,
-        f"issued card {card_name(card_id)} to {holder} in {card_path}; PIN {pin.decode()} "
+        f"issued card {printable_id(card_id)} to {holder} in {card_path}; PIN {pin.decode()} "
         "(shown once)",
     )
 
@@ -143,7 +144,7 @@ def report(home: Home, card_id: bytes, reason: str, now: SetClock | None) -> Non
     """Report CARD_ID lost or stolen: it goes on the blocklist with its lock order."""
     with home.centre(clock_of(now)) as centre:
         version = centre.report(card_id, CardState(reason))
-    click.echo(f"card {card_name(card_id)} reported {reason}; blocklist version {version}")
+    click.echo(f"card {printable_id(card_id)} reported {reason}; blocklist version {version}")
 
 
 @issuer.command()
@@ -155,7 +156,7 @@ def found(home: Home, card_id: bytes, now: SetClock | None) -> None:
     with home.centre(clock_of(now)) as centre:
         version = centre.found(card_id)
     click.echo(
-        f"card {card_name(card_id)} found; blocklist version {version}; "
+        f"card {printable_id(card_id)} found; blocklist version {version}; "
         "its next ATM visit unlocks it"
     )
 
@@ -173,7 +174,7 @@ def unlock(home: Home, card_id: bytes, pin_unblock: bool, now: SetClock | None) 
         else:
             centre.request_unlock(card_id)
     what = "PIN unblock" if pin_unblock else "unlock"
-    click.echo(f"{what} of card {card_name(card_id)} waits for its next ATM visit")
+    click.echo(f"{what} of card {printable_id(card_id)} waits for its next ATM visit")
 
 
 @issuer.command()
@@ -198,7 +199,7 @@ def terminal(home: Home, terminal_id: bytes, merchant: str, now: SetClock | None
     """Register a POS terminal, so its batches can be settled."""
     with home.centre(clock_of(now)) as centre:
         centre.register_terminal(terminal_id, merchant)
-    click.echo(f"terminal {card_name(terminal_id)} registered for {merchant}")
+    click.echo(f"terminal {printable_id(terminal_id)} registered for {merchant}")
 
 
 @issuer.command()
@@ -211,7 +212,7 @@ def cards(home: Home, as_json: bool) -> None:
         cur = centre.policy.currency
     data: list[dict[str, Any]] = [
         {
-            "card_id": card_name(c.card_id),
+            "card_id": printable_id(c.card_id),
             "holder": c.holder,
             "status": c.status.value,
             "last_atc": c.last_atc,
@@ -239,7 +240,7 @@ def settle(home: Home, as_json: bool) -> None:
         settled = Counter(r.terminal_id for r in tx.receipts())
         return [
             {
-                "terminal_id": card_name(t.terminal_id),
+                "terminal_id": printable_id(t.terminal_id),
                 "merchant": t.merchant,
                 "credited": t.credited,
                 "receipts": settled[t.terminal_id],
@@ -272,7 +273,7 @@ def audit(home: Home, card_id: bytes | None, as_json: bool) -> None:
             "seq": e.seq,
             "at": when(e.at),
             "event": e.event,
-            "card_id": card_name(e.card_id) if e.card_id else None,
+            "card_id": printable_id(e.card_id) if e.card_id else None,
             "detail": e.detail,
         }
         for e in entries

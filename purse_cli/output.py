@@ -13,7 +13,6 @@ from typing import Any
 import click
 
 from apdu.clock import format_instant
-from apdu.purse import printable_id
 
 EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED = 1, 2, 3
 CURRENCIES = {978: "EUR", 840: "USD", 826: "GBP", 392: "JPY", 756: "CHF"}
@@ -43,11 +42,6 @@ def money(minor: int, currency: int = 978) -> str:
 
 def when(seconds: int) -> str:
     return format_instant(seconds)
-
-
-def card_name(card_id: bytes) -> str:
-    """Card and terminal IDs as people read them (text, or hex when not printable)."""
-    return printable_id(card_id)
 
 
 def emit(as_json: bool, data: Any, lines: list[str] | str) -> None:

@@ -15,10 +15,10 @@ from typing import Any
 import click
 
 from apdu.clock import SetClock
-from apdu.purse import UpdateAction
+from apdu.purse import UpdateAction, printable_id
 from issuer.client import InProcessIssuer
 from purse_cli.home import Home, card_file
-from purse_cli.output import Failure, card_name, emit, money, when
+from purse_cli.output import Failure, emit, money, when
 from purse_cli.params import (
     AMOUNT,
     ID,
@@ -54,17 +54,17 @@ def _report(result: AtmResult, as_json: bool) -> None:
     reply, after = result.session.reply, result.after
     cur = after.currency
     if result.session.locked:
-        data: dict[str, Any] = {"card_id": card_name(after.card_id), "outcome": "locked"}
+        data: dict[str, Any] = {"card_id": printable_id(after.card_id), "outcome": "locked"}
         emit(
             as_json,
             data,
-            f"card {card_name(after.card_id)} is reported lost or stolen: "
+            f"card {printable_id(after.card_id)} is reported lost or stolen: "
             "the issuer's lock order locked it; the ATM keeps the card",
         )
         return
     actions = UpdateAction(reply.actions)
     data = {
-        "card_id": card_name(after.card_id),
+        "card_id": printable_id(after.card_id),
         "outcome": "updated",
         "actions": [a.name.lower() for a in UpdateAction if a in actions and a.name],
         "serial": reply.serial,
@@ -179,7 +179,7 @@ def sync(home: Home, terminal_id: bytes, now: SetClock | None) -> None:
         listed = len(the_pos.state.blocklist)
     kind = "full list" if header.base_version == 0 else f"delta from version {before}"
     click.echo(
-        f"POS {card_name(terminal_id)}: blocklist version {header.version} ({kind}, "
+        f"POS {printable_id(terminal_id)}: blocklist version {header.version} ({kind}, "
         f"verified), {listed} card(s) listed"
     )
 
@@ -211,8 +211,8 @@ def pay(
         sale = the_pos.pay(client, amount, pin)
         currency = client.status().currency
     data = {
-        "card_id": card_name(sale.card_id),
-        "terminal_id": card_name(terminal_id),
+        "card_id": printable_id(sale.card_id),
+        "terminal_id": printable_id(terminal_id),
         "amount": sale.amount,
         "balance": sale.balance,
         "atc": sale.atc,
@@ -221,7 +221,7 @@ def pay(
     emit(
         as_json,
         data,
-        f"paid {money(amount, currency)} at {card_name(terminal_id)}: receipt verified "
+        f"paid {money(amount, currency)} at {printable_id(terminal_id)}: receipt verified "
         f"(card {data['card_id']}, ATC {sale.atc}), balance {money(sale.balance, currency)}",
     )
 
@@ -259,7 +259,7 @@ def sales(home: Home, terminal_id: bytes, as_json: bool) -> None:
     waiting = {(s.card_id, s.atc) for s in state.batch}
     data: list[dict[str, Any]] = [
         {
-            "card_id": card_name(s.card_id),
+            "card_id": printable_id(s.card_id),
             "atc": s.atc,
             "amount": s.amount,
             "time": when(s.time),
