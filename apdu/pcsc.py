@@ -50,7 +50,8 @@ def _scard() -> ModuleType:
             "PC/SC needs pyscard: pip install 'purse-card[pcsc]' "
             "(it builds against libpcsclite-dev, with swig)"
         ) from None
-    return scard
+    module: ModuleType = scard
+    return module
 
 
 def _u32(code: int) -> int:
@@ -117,7 +118,9 @@ class Context:
         _check(hresult, "listing readers")
         return list(names)
 
-    def state(self, reader: str, timeout_ms: int = 0, known: int | None = None) -> tuple[int, bytes]:
+    def state(
+        self, reader: str, timeout_ms: int = 0, known: int | None = None
+    ) -> tuple[int, bytes]:
         """The reader's state flags and the ATR of the card in it (b"" when none)."""
         scard = self.scard
         current = scard.SCARD_STATE_UNAWARE if known is None else known
@@ -174,7 +177,9 @@ def pick_reader(spec: str, readers: list[str]) -> str:
     if text.isdigit():
         index = int(text)
         if index >= len(readers):
-            raise PcscError(f"no reader {index}: there are {len(readers)} (0 to {len(readers) - 1})")
+            raise PcscError(
+                f"no reader {index}: there are {len(readers)} (0 to {len(readers) - 1})"
+            )
         return readers[index]
     if text in readers:
         return text

@@ -15,13 +15,21 @@ file holds either the old image or the new one, never a mix. A file that is
 missing, truncated, foreign, damaged or newer than this code is refused with
 an :class:`ImageError` naming the file and the problem; it is never
 overwritten.
+
+One program at a time uses an image: :func:`image_lock` takes an exclusive
+lock on ``<image>.lock`` beside it (the image itself is replaced at every
+commit, so it cannot carry the lock), and a second program is refused with
+a clear error instead of silently forking the card's state.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +166,40 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def image_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the image's lock; :class:`ImageError` at once if another program holds it.
+
+    The lock file is removed on release. A program that opened it just before
+    and locks the removed file notices (the path no longer names what it
+    locked) and starts again, so two programs never both hold the lock.
+    """
+    image = Path(path)
+    lock_path = image.with_name(image.name + ".lock")
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as err:
+            raise ImageError(image, f"cannot open its lock file ({err.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ImageError(
+                image, "in use by another program (a `purse card serve`?); try again when it ends"
+            ) from None
+        try:
+            current = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)
+        os.close(fd)  # closing releases the lock

@@ -29,6 +29,7 @@ half of one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -122,8 +123,7 @@ class VpcdLink:
                 started = now if started is None else started
                 if now - started > FRAME_DEADLINE:
                     raise FramingError(
-                        f"a message stalled after {got} of {size} bytes "
-                        f"for {FRAME_DEADLINE:.0f} s"
+                        f"a message stalled after {got} of {size} bytes for {FRAME_DEADLINE:.0f} s"
                     ) from None
                 continue
             except OSError as err:
@@ -151,10 +151,8 @@ class VpcdLink:
             raise LinkClosed(f"connection lost while answering ({err.strerror or err})") from None
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self.sock.close()
 
 

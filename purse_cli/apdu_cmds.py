@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TextIO
 
 import click
@@ -20,11 +19,9 @@ from apdu.command import CommandApdu
 from apdu.decode import response_lines
 from apdu.errors import MalformedApdu
 from apdu.response import ResponseApdu
-from apdu.transport import CardChannel, LocalTransport
-from card_os.card import Card
-from purse_cli.home import card_file
+from purse_cli.home import connect
 from purse_cli.output import Refusal
-from purse_cli.params import card_option
+from purse_cli.params import CardSource, card_option
 
 _SEPARATORS = re.compile(r"[\s:]+")
 _EXPECT = re.compile(r"^\s*(?P<apdu>[^#]*?)\s*(?:=>\s*(?P<sw>[0-9A-Fa-fXx]{4}))?\s*(?:#.*)?$")
@@ -79,10 +76,6 @@ def _trace(raw: bytes, answer: bytes) -> None:
     click.echo(f"< {answer.hex(' ').upper()}", err=True)
 
 
-def _channel(card: Card, trace: bool) -> CardChannel:
-    return CardChannel(LocalTransport(card), _trace if trace else None)
-
-
 def _show(cmd: CommandApdu, resp: ResponseApdu) -> None:
     click.echo(f"-> {cmd.to_bytes().hex(' ').upper()}")
     for line in response_lines(cmd, resp):
@@ -103,7 +96,7 @@ trace_option = click.option(
 @card_option
 @trace_option
 @click.argument("apdus", metavar="HEX...", nargs=-1, required=True)
-def send(card_path: Path, trace: bool, apdus: tuple[str, ...]) -> None:
+def send(card: CardSource, trace: bool, apdus: tuple[str, ...]) -> None:
     """Send each HEX argument as one APDU (quote an APDU written with spaces).
 
     Example: purse apdu send --card alice.img "00 A4 04 00 08 F0 45 50 55 52 53 45 01"
@@ -112,8 +105,8 @@ def send(card_path: Path, trace: bool, apdus: tuple[str, ...]) -> None:
         commands = [parse_hex_apdu(text) for text in apdus]
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="HEX") from None
-    with card_file(card_path) as (card, _client):
-        channel = _channel(card, trace)
+    with connect(card, _trace if trace else None) as client:
+        channel = client.channel
         for cmd in commands:
             _show(cmd, channel.send(cmd))
 
@@ -122,7 +115,7 @@ def send(card_path: Path, trace: bool, apdus: tuple[str, ...]) -> None:
 @card_option
 @trace_option
 @click.argument("script", type=click.File("r"))
-def script(card_path: Path, trace: bool, script: TextIO) -> None:
+def script(card: CardSource, trace: bool, script: TextIO) -> None:
     """Run SCRIPT: one APDU a line, optional `=> SW` to check (X: any digit), # comments.
 
     \b
@@ -137,8 +130,8 @@ def script(card_path: Path, trace: bool, script: TextIO) -> None:
         lines = parse_script(script)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="SCRIPT") from None
-    with card_file(card_path) as (card, _client):
-        channel = _channel(card, trace)
+    with connect(card, _trace if trace else None) as client:
+        channel = client.channel
         for line in lines:
             resp = channel.send(line.cmd)
             _show(line.cmd, resp)
@@ -150,10 +143,10 @@ def script(card_path: Path, trace: bool, script: TextIO) -> None:
 @apdu.command()
 @card_option
 @trace_option
-def shell(card_path: Path, trace: bool) -> None:
+def shell(card: CardSource, trace: bool) -> None:
     """Type APDUs in hex, one per line; see each answer decoded. `quit` or Ctrl-D ends."""
-    with card_file(card_path) as (card, _client):
-        channel = _channel(card, trace)
+    with connect(card, _trace if trace else None) as client:
+        channel = client.channel
         while True:
             try:
                 text = click.prompt("apdu", prompt_suffix="> ", default="", show_default=False)

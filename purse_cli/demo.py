@@ -84,12 +84,12 @@ class Story:
 
     def pay(self, name: str, amount: int, pin: bool = False, pos: Pos | None = None) -> None:
         till = pos or self.pos
-        with self.card(name) as client:
-            try:
+        try:
+            with self.card(name) as client:
                 sale = till.pay(client, amount, self.pins[name] if pin else None)
-            except Declined as refused:
-                click.echo(f"   POS: REFUSED: {refused}; balance stays {money(self.balance(name))}")
-                return
+        except Declined as refused:
+            click.echo(f"   POS: REFUSED: {refused}; balance stays {money(self.balance(name))}")
+            return
         how = " with PIN" if pin else ""
         click.echo(
             f"   POS: {name} paid {money(amount)}{how}: card-signed receipt verified "

@@ -14,12 +14,13 @@ from issuer.centre import IssuerCentre
 from issuer.errors import IssuerError
 from issuer.policy import DAY, Policy
 from issuer.registry import CardState, RegistryTx
-from purse_cli.home import Home, card_file
+from purse_cli.home import Home, connect
 from purse_cli.output import Failure, emit, money, when
 from purse_cli.params import (
     AMOUNT,
     ID,
     PIN,
+    CardSource,
     card_option,
     clock_of,
     json_option,
@@ -108,16 +109,21 @@ def init(
 @now_option
 @pass_home
 def issue(
-    home: Home, card_path: Path, holder: str, pin: bytes | None, as_json: bool, now: SetClock | None
+    home: Home,
+    card: CardSource,
+    holder: str,
+    pin: bytes | None,
+    as_json: bool,
+    now: SetClock | None,
 ) -> None:
-    """Personalise the blank card in the file given by --card, and register it."""
-    with home.centre(clock_of(now)) as centre, card_file(card_path) as (_card, client):
+    """Personalise the blank card given by --card (or --reader), and register it."""
+    with home.centre(clock_of(now)) as centre, connect(card) as client:
         card_id, pin = centre.issue(client, holder, pin)
     data = {"card_id": printable_id(card_id), "holder": holder, "pin": pin.decode()}
     emit(
         as_json,
         data,
-        f"issued card {printable_id(card_id)} to {holder} in {card_path}; PIN {pin.decode()} "
+        f"issued card {printable_id(card_id)} to {holder} in {card}; PIN {pin.decode()} "
         "(shown once)",
     )
 

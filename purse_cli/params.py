@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -104,14 +106,56 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")(f)
 
 
-def card_option(f: F) -> F:
-    return click.option(
-        "--card",
-        "card_path",
-        required=True,
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="The card's image file.",
-    )(f)
+@dataclass(frozen=True)
+class CardSource:
+    """Where the card is: an image file, or a PC/SC reader (name or index)."""
+
+    path: Path | None = None
+    reader: str | None = None
+    wait: float = 10.0
+
+    def __str__(self) -> str:
+        return str(self.path) if self.path is not None else f"reader {self.reader}"
+
+
+def card_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--card FILE`` or ``--reader NAME|INDEX`` (with ``--wait``), passed as ``card``."""
+
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any, card_path: Path | None, reader: str | None, wait: float, **kw: Any
+    ) -> Any:
+        if (card_path is None) == (reader is None):
+            raise click.UsageError(
+                "give the card as --card FILE or --reader NAME|INDEX (one of them)"
+            )
+        return f(*args, card=CardSource(card_path, reader, wait), **kw)
+
+    for option in reversed(
+        (
+            click.option(
+                "--card",
+                "card_path",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="The card's image file (an emulated card, in this process).",
+            ),
+            click.option(
+                "--reader",
+                metavar="NAME|INDEX",
+                help="A card in a PC/SC reader instead: its index in `purse apdu readers`, "
+                "its name, or a part of the name only it has.",
+            ),
+            click.option(
+                "--wait",
+                type=click.FloatRange(min=0),
+                default=10.0,
+                show_default=True,
+                help="With --reader: seconds to wait for a card.",
+            ),
+        )
+    ):
+        wrapper = option(wrapper)
+    return wrapper
 
 
 def pin_option(f: F) -> F:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import click
@@ -17,11 +16,12 @@ import click
 from apdu.clock import SetClock
 from apdu.purse import UpdateAction, printable_id
 from issuer.client import InProcessIssuer
-from purse_cli.home import Home, card_file
+from purse_cli.home import Home, connect
 from purse_cli.output import Failure, emit, money, when
 from purse_cli.params import (
     AMOUNT,
     ID,
+    CardSource,
     card_option,
     clock_of,
     json_option,
@@ -43,10 +43,10 @@ def atm() -> None:
 
 
 def _visit(
-    home: Home, card_path: Path, now: SetClock | None, load: int, pin: bytes | None
+    home: Home, card: CardSource, now: SetClock | None, load: int, pin: bytes | None
 ) -> AtmResult:
     clock = clock_of(now)
-    with home.centre(clock) as centre, card_file(card_path) as (_card, client):
+    with home.centre(clock) as centre, connect(card) as client:
         return Atm(InProcessIssuer(centre), clock).visit(client, load, pin)
 
 
@@ -92,10 +92,10 @@ def _report(result: AtmResult, as_json: bool) -> None:
 @now_option
 @pass_home
 def renew(
-    home: Home, card_path: Path, pin: bytes | None, as_json: bool, now: SetClock | None
+    home: Home, card: CardSource, pin: bytes | None, as_json: bool, now: SetClock | None
 ) -> None:
     """Renew the card's credential online (and whatever the issuer has for it)."""
-    _report(_visit(home, card_path, now, 0, pin), as_json)
+    _report(_visit(home, card, now, 0, pin), as_json)
 
 
 @atm.command()
@@ -108,7 +108,7 @@ def renew(
 def load(
     home: Home,
     amount: int,
-    card_path: Path,
+    card: CardSource,
     pin: bytes | None,
     as_json: bool,
     now: SetClock | None,
@@ -116,7 +116,7 @@ def load(
     """Load the card from its holder's account (needs --pin); renews as well."""
     if pin is None:
         raise click.UsageError("a load needs the card's PIN (--pin)")
-    _report(_visit(home, card_path, now, amount, pin), as_json)
+    _report(_visit(home, card, now, amount, pin), as_json)
 
 
 @atm.command()
@@ -124,9 +124,9 @@ def load(
 @json_option
 @now_option
 @pass_home
-def unlock(home: Home, card_path: Path, as_json: bool, now: SetClock | None) -> None:
+def unlock(home: Home, card: CardSource, as_json: bool, now: SetClock | None) -> None:
     """Collect an unlock (or PIN unblock) the issuer's operator granted this card."""
-    result = _visit(home, card_path, now, 0, None)
+    result = _visit(home, card, now, 0, None)
     granted = UpdateAction.UNLOCK | UpdateAction.UNBLOCK_PIN
     if not result.session.locked and not UpdateAction(result.session.reply.actions) & granted:
         _report(result, as_json)
@@ -196,7 +196,7 @@ def sync(home: Home, terminal_id: bytes, now: SetClock | None) -> None:
 def pay(
     home: Home,
     amount: int,
-    card_path: Path,
+    card: CardSource,
     terminal_id: bytes,
     pin: bytes | None,
     offline: bool,
@@ -206,7 +206,7 @@ def pay(
     """Take a payment from the card offline, verify its receipt, record the sale."""
     with (
         _pos(home, terminal_id, now, online=not offline) as the_pos,
-        card_file(card_path) as (_card, client),
+        connect(card) as client,
     ):
         sale = the_pos.pay(client, amount, pin)
         currency = client.status().currency
