@@ -1,4 +1,4 @@
-"""``purse apdu``: send raw APDUs to a card file, one by one, from a script, or by hand.
+"""``purse apdu``: raw APDUs to a card (file or reader), one by one, from a script, or by hand.
 
 Hex in the style of opensc-tool: ``00A4040008F045505552534501`` or with
 spaces or colons between bytes (quote it then). Every answer is decoded:
@@ -15,13 +15,15 @@ from typing import TextIO
 
 import click
 
+from apdu.atr import AtrError, parse_atr
 from apdu.command import CommandApdu
 from apdu.decode import response_lines
 from apdu.errors import MalformedApdu
+from apdu.pcsc import list_readers
 from apdu.response import ResponseApdu
 from purse_cli.home import connect
-from purse_cli.output import Refusal
-from purse_cli.params import CardSource, card_option
+from purse_cli.output import Refusal, emit
+from purse_cli.params import CardSource, card_option, json_option
 
 _SEPARATORS = re.compile(r"[\s:]+")
 _EXPECT = re.compile(r"^\s*(?P<apdu>[^#]*?)\s*(?:=>\s*(?P<sw>[0-9A-Fa-fXx]{4}))?\s*(?:#.*)?$")
@@ -84,7 +86,7 @@ def _show(cmd: CommandApdu, resp: ResponseApdu) -> None:
 
 @click.group()
 def apdu() -> None:
-    """Raw APDUs to a card file, every answer decoded."""
+    """Raw APDUs to a card (--card FILE or --reader R), every answer decoded; list readers."""
 
 
 trace_option = click.option(
@@ -162,3 +164,35 @@ def shell(card: CardSource, trace: bool) -> None:
                 click.echo(f"   {err}")
                 continue
             _show(cmd, channel.send(cmd))
+
+
+def _protocols(atr: bytes) -> str:
+    try:
+        return "/".join(f"T={p}" for p in parse_atr(atr).protocols)
+    except AtrError as err:
+        return f"ATR not understood: {err}"
+
+
+@apdu.command()
+@json_option
+def readers(as_json: bool) -> None:
+    """List the PC/SC readers (index and name) and the ATR of each card present.
+
+    Use the index or the name with --reader in any command that takes --card.
+    """
+    found = list_readers()
+    data = [
+        {
+            "index": r.index,
+            "name": r.name,
+            "atr": r.atr.hex().upper() if r.card_present else None,
+            "protocols": _protocols(r.atr) if r.card_present else None,
+        }
+        for r in found
+    ]
+    lines = [
+        f"{d['index']}: {d['name']}  "
+        + (f"card ATR {d['atr']} ({d['protocols']})" if d["atr"] else "no card")
+        for d in data
+    ]
+    emit(as_json, data, lines or ["no PC/SC readers (is pcscd running?)"])

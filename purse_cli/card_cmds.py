@@ -1,7 +1,11 @@
-"""``purse card``: make a blank card file, and show what a card holds."""
+"""``purse card``: make a blank card file, show what a card holds, serve it to PC/SC."""
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +14,7 @@ import click
 from apdu.purse import HISTORY_SLOTS, PURSE_AID, HistoryKind, LifeCycle, printable_id
 from card_os.purse import PurseApplet
 from card_os.purse.state import PurseState
+from card_os.vpcd import VPCD_PORT, VPCD_SLOTS, VpcdBridge, parse_endpoint
 from purse_cli.home import card_file
 from purse_cli.output import emit, money, when
 from purse_cli.params import json_option
@@ -115,3 +120,76 @@ def _lines(f: dict[str, Any]) -> list[str]:
             f"  balance {money(h['balance'], cur)}{other}"
         )
     return out
+
+
+@contextmanager
+def _stop_on_signals(bridge: VpcdBridge) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM ask the bridge to finish its command and stop."""
+
+    def stop(_signum: int, _frame: object) -> None:
+        bridge.stop()
+
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _event(text: str) -> None:
+    click.echo(f"{datetime.now(UTC):%H:%M:%S} {text}")
+
+
+@card.command("serve")
+@FILE
+@click.option(
+    "--slot",
+    type=click.IntRange(0, VPCD_SLOTS - 1),
+    default=0,
+    show_default=True,
+    help=f"The vpcd slot: reader 'Virtual PCD 00 0N', TCP port {VPCD_PORT} + N.",
+)
+@click.option(
+    "--vpcd",
+    "endpoint",
+    metavar="HOST[:PORT]",
+    default="",
+    help="Where vpcd listens (default 127.0.0.1, and the slot's port).",
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for vpcd, at the start and whenever it goes away (0: forever).",
+)
+def serve(path: Path, slot: int, endpoint: str, wait: float) -> None:
+    """Insert the card in FILE into vsmartcard's virtual PC/SC reader, until Ctrl-C.
+
+    Any PC/SC program then sees the card: `purse apdu readers`, `purse pos pay
+    --reader 0`, opensc-tool, scriptor, pcsc_scan. It needs pcscd running with
+    the vsmartcard-vpcd driver (Debian: apt-get install pcscd vsmartcard-vpcd).
+
+    \b
+    Every command is committed to FILE before its answer goes out, so the
+    image is always whole. Power off and reset from the reader clear the
+    card's session (selection, PIN, online session); a dropped connection
+    does the same, and the card is inserted again when vpcd comes back.
+    While it is served, FILE is locked: other `purse` commands refuse it.
+    """
+    try:
+        host, port = parse_endpoint(endpoint, slot)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--vpcd") from None
+    with card_file(path) as (the_card, _client):
+        the_card.power_off()  # the reader powers it on
+        bridge = VpcdBridge(the_card, host, port, wait=wait or None, event=_event)
+        click.echo(f"serving {path} to vpcd at {host}:{port}; Ctrl-C removes the card")
+        with _stop_on_signals(bridge):
+            bridge.serve()
+    stats = bridge.stats
+    click.echo(
+        f"stopped: {stats.commands} command(s) answered over {stats.connections} "
+        f"connection(s); {path} holds the card's state"
+    )

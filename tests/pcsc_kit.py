@@ -1,0 +1,144 @@
+"""The PC/SC stack for tests: pcscd with the vpcd driver, and cards inserted into it.
+
+``pcsc_stack()`` (the session fixture ``pcsc`` in ``conftest.py``) makes sure
+pcscd is running with vsmartcard's vpcd reader driver: it uses a pcscd that
+already runs, or starts its own ``pcscd -f`` (as root) and stops it at the
+end. Where something is missing (pyscard, pcscd, the driver, root) the tests
+that need it skip with the reason, except under CI (``CI`` set), where
+``.ci/run`` installs everything and a missing piece is a failure.
+
+``served(card, slot)`` inserts a card object into a vpcd slot with the
+bridge running in a thread, and waits until pcscd sees it; leaving the block
+removes the card and waits until pcscd sees the slot empty again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from card_os.vpcd import VPCD_HOST, Chip, VpcdBridge, slot_port
+
+READERS = ("Virtual PCD 00 00", "Virtual PCD 00 01")
+DRIVER_DIRS = (Path("/usr/lib/pcsc/drivers"), Path("/usr/local/lib/pcsc/drivers"))
+STARTUP = 10.0  # seconds pcscd may take to list the vpcd readers
+
+
+@dataclass
+class PcscStack:
+    readers: tuple[str, ...]
+    started: subprocess.Popen[bytes] | None  # the pcscd we started, if any
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"PC/SC tests must run under CI, but {reason}")
+    pytest.skip(reason)
+
+
+def _vpcd_driver() -> Path | None:
+    for folder in DRIVER_DIRS:
+        if folder.is_dir():
+            for found in folder.rglob("libifdvpcd.so*"):
+                return found
+    return None
+
+
+def _vpcd_readers() -> tuple[str, ...]:
+    """The vpcd readers pcscd lists now (empty when pcscd does not answer)."""
+    from apdu.pcsc import Context, PcscError  # noqa: PLC0415
+
+    try:
+        with Context() as ctx:
+            return tuple(name for name in ctx.readers() if name in READERS)
+    except PcscError:
+        return ()
+
+
+def pcsc_stack() -> Iterator[PcscStack]:
+    try:
+        import smartcard.scard  # noqa: F401, PLC0415
+    except ImportError:
+        _unavailable("pyscard is not installed (pip install -e '.[pcsc]')")
+    if _vpcd_driver() is None:
+        _unavailable("the vsmartcard-vpcd reader driver is not installed")
+    readers = _vpcd_readers()
+    started = None
+    if len(readers) < len(READERS):
+        pcscd = shutil.which("pcscd") or (
+            "/usr/sbin/pcscd" if Path("/usr/sbin/pcscd").exists() else None
+        )
+        if pcscd is None:
+            _unavailable("pcscd is not installed")
+        if os.geteuid() != 0:
+            _unavailable("pcscd is not running, and starting it needs root")
+        started = subprocess.Popen(
+            [pcscd, "-f"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + STARTUP
+        while len(readers) < len(READERS) and time.monotonic() < deadline:
+            if started.poll() is not None:
+                _unavailable(f"pcscd -f exited at once (code {started.returncode})")
+            time.sleep(0.1)
+            readers = _vpcd_readers()
+        if len(readers) < len(READERS):
+            started.terminate()
+            started.wait(5)
+            _unavailable(f"pcscd lists no vpcd readers after {STARTUP:g} s")
+    try:
+        yield PcscStack(readers, started)
+    finally:
+        if started is not None:
+            started.terminate()
+            try:
+                started.wait(5)
+            except subprocess.TimeoutExpired:
+                started.kill()
+
+
+def wait_for_slot(slot: int, present: bool, timeout: float = 10.0) -> None:
+    """Until pcscd sees a card in (or no card in) the slot's reader."""
+    from apdu.pcsc import Context  # noqa: PLC0415
+
+    with Context() as ctx:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            flags, atr = ctx.state(READERS[slot])
+            if bool(flags & ctx.scard.SCARD_STATE_PRESENT and atr) == present:
+                return
+            time.sleep(0.02)
+    raise AssertionError(f"slot {slot}: card {'never came' if present else 'never left'}")
+
+
+@contextmanager
+def served(card: Chip, slot: int = 0) -> Iterator[VpcdBridge]:
+    """``card`` in vpcd slot ``slot`` (bridge in a thread) for the block."""
+    bridge = VpcdBridge(card, VPCD_HOST, slot_port(slot), wait=5.0, retry=0.05)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            bridge.serve()
+        except BaseException as err:  # reported by the test, not lost in the thread
+            failure.append(err)
+
+    thread = threading.Thread(target=run, name=f"vpcd-slot-{slot}", daemon=True)
+    thread.start()
+    try:
+        wait_for_slot(slot, present=True)
+        yield bridge
+    finally:
+        bridge.stop()
+        thread.join(5)
+        wait_for_slot(slot, present=False)
+    if failure:
+        raise failure[0]
