@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -30,26 +28,12 @@ from apdu.clock import SetClock
 from apdu.purse import PURSE_AID
 from apdu.purse_client import PurseClient
 from apdu.transport import CardChannel, LocalTransport
+from bench.common import machine, median_p99_ms
 from card_os.card import Card
 from card_os.purse import PurseApplet
 from issuer.centre import IssuerCentre
 
 T0 = 1_800_000_000
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
-    )
 
 
 def run(durable: bool, cards: int, rounds: int) -> tuple[float, list[float]]:
@@ -105,10 +89,8 @@ def main() -> None:
         (False, "process-safe (NORMAL, WAL)"),
     ):
         rate, timings = run(durable, args.cards, args.rounds)
-        p99 = statistics.quantiles(timings, n=100)[98]
-        print(
-            f"{label:<34}{rate:>12,.0f}{statistics.median(timings) * 1e3:>11.3f}{p99 * 1e3:>9.3f}"
-        )
+        median, p99 = median_p99_ms(timings)
+        print(f"{label:<34}{rate:>12,.0f}{median:>11.3f}{p99:>9.3f}")
     print(f"one 4 KiB write + fsync here: {fsync_ms():.3f} ms (a durable commit pays it once)")
     print("target: >= 2,000 renewals/s")
 

@@ -87,3 +87,7 @@ for command in (issuer, atm, pos, card, apdu, demo):
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

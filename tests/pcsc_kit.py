@@ -10,6 +10,8 @@ that need it skip with the reason, except under CI (``CI`` set), where
 ``served(card, slot)`` inserts a card object into a vpcd slot with the
 bridge running in a thread, and waits until pcscd sees it; leaving the block
 removes the card and waits until pcscd sees the slot empty again.
+
+``start_stack()`` is the same set-up without pytest, for bench/pcsc_roundtrip.py.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
@@ -31,6 +32,7 @@ from card_os.vpcd import VPCD_HOST, Chip, VpcdBridge, slot_port
 
 READERS = ("Virtual PCD 00 00", "Virtual PCD 00 01")
 DRIVER_DIRS = (Path("/usr/lib/pcsc/drivers"), Path("/usr/local/lib/pcsc/drivers"))
+PCSCD = ("/usr/sbin/pcscd", "/usr/local/sbin/pcscd")
 STARTUP = 10.0  # seconds pcscd may take to list the vpcd readers
 
 
@@ -39,11 +41,18 @@ class PcscStack:
     readers: tuple[str, ...]
     started: subprocess.Popen[bytes] | None  # the pcscd we started, if any
 
+    def stop(self) -> None:
+        """Stop the pcscd this stack started (a running one is left alone)."""
+        if self.started is not None:
+            self.started.terminate()
+            try:
+                self.started.wait(5)
+            except subprocess.TimeoutExpired:
+                self.started.kill()
 
-def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI"):
-        pytest.fail(f"PC/SC tests must run under CI, but {reason}")
-    pytest.skip(reason)
+
+class StackMissing(Exception):
+    """A piece of the PC/SC stack is missing here; the message says which."""
 
 
 def _vpcd_driver() -> Path | None:
@@ -65,45 +74,48 @@ def _vpcd_readers() -> tuple[str, ...]:
         return ()
 
 
-def pcsc_stack() -> Iterator[PcscStack]:
+def start_stack() -> PcscStack:
+    """pcscd with both vpcd readers: the running one, or a ``pcscd -f`` started here."""
     try:
         import smartcard.scard  # noqa: F401, PLC0415
     except ImportError:
-        _unavailable("pyscard is not installed (pip install -e '.[pcsc]')")
+        raise StackMissing("pyscard is not installed (pip install -e '.[pcsc]')") from None
     if _vpcd_driver() is None:
-        _unavailable("the vsmartcard-vpcd reader driver is not installed")
+        raise StackMissing("the vsmartcard-vpcd reader driver is not installed")
     readers = _vpcd_readers()
-    started = None
+    if len(readers) == len(READERS):
+        return PcscStack(readers, None)
+    pcscd = shutil.which("pcscd") or next((p for p in PCSCD if Path(p).exists()), None)
+    if pcscd is None:
+        raise StackMissing("pcscd is not installed")
+    if os.geteuid() != 0:
+        raise StackMissing("pcscd is not running, and starting it needs root")
+    started = subprocess.Popen([pcscd, "-f"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + STARTUP
+    while len(readers) < len(READERS) and time.monotonic() < deadline:
+        if started.poll() is not None:
+            raise StackMissing(f"pcscd -f exited at once (code {started.returncode})")
+        time.sleep(0.1)
+        readers = _vpcd_readers()
+    stack = PcscStack(readers, started)
     if len(readers) < len(READERS):
-        pcscd = shutil.which("pcscd") or (
-            "/usr/sbin/pcscd" if Path("/usr/sbin/pcscd").exists() else None
-        )
-        if pcscd is None:
-            _unavailable("pcscd is not installed")
-        if os.geteuid() != 0:
-            _unavailable("pcscd is not running, and starting it needs root")
-        started = subprocess.Popen(
-            [pcscd, "-f"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + STARTUP
-        while len(readers) < len(READERS) and time.monotonic() < deadline:
-            if started.poll() is not None:
-                _unavailable(f"pcscd -f exited at once (code {started.returncode})")
-            time.sleep(0.1)
-            readers = _vpcd_readers()
-        if len(readers) < len(READERS):
-            started.terminate()
-            started.wait(5)
-            _unavailable(f"pcscd lists no vpcd readers after {STARTUP:g} s")
+        stack.stop()
+        raise StackMissing(f"pcscd lists no vpcd readers after {STARTUP:g} s")
+    return stack
+
+
+def pcsc_stack() -> Iterator[PcscStack]:
+    """The stack for a test session: skip where it cannot run, fail under CI."""
     try:
-        yield PcscStack(readers, started)
+        stack = start_stack()
+    except StackMissing as missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"PC/SC tests must run under CI, but {missing}")
+        pytest.skip(str(missing))
+    try:
+        yield stack
     finally:
-        if started is not None:
-            started.terminate()
-            try:
-                started.wait(5)
-            except subprocess.TimeoutExpired:
-                started.kill()
+        stack.stop()
 
 
 def wait_for_slot(slot: int, present: bool, timeout: float = 10.0) -> None:
