@@ -83,13 +83,23 @@ def slot_port(slot: int, base: int = VPCD_PORT) -> int:
 
 
 def parse_endpoint(text: str, slot: int = 0) -> tuple[str, int]:
-    """``HOST:PORT``, ``HOST`` (port from the slot) or ``:PORT``; ValueError if neither."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep:
-        return text or VPCD_HOST, slot_port(slot)
+    """``HOST:PORT``, ``HOST`` (port from the slot), ``:PORT``, ``[IPv6]:PORT``; else ValueError."""
+    text = text.strip()
+    if text.startswith("["):  # [IPv6] or [IPv6]:PORT
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not host or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r}: write an IPv6 address as [ADDRESS] or [ADDRESS]:PORT")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") > 1:  # a bare IPv6 address
+        host, port_text = text, None
+    else:
+        host, sep, after = text.partition(":")
+        port_text = after if sep else None
+    if port_text is None:
+        return host or VPCD_HOST, slot_port(slot)
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
-    return host.strip("[]") or VPCD_HOST, int(port_text)
+    return host or VPCD_HOST, int(port_text)
 
 
 class VpcdLink:
@@ -104,8 +114,10 @@ class VpcdLink:
         if _QUICKACK is not None:
             self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
 
-    def _read_exact(self, size: int, idle: Callable[[], bool] | None) -> bytes:
-        """``size`` bytes; while none has come, ``idle()`` says whether to keep waiting."""
+    def _read_exact(self, size: int, idle: Callable[[], bool] | None, first: bool) -> bytes:
+        """``size`` bytes. ``first``: they start a message, so a close before any of
+        them is the reader leaving, not a broken message; and while none has come,
+        ``idle()`` (if given) says whether to keep waiting."""
         buf = bytearray(size)
         view = memoryview(buf)
         got = 0
@@ -115,40 +127,55 @@ class VpcdLink:
             try:
                 n = self.sock.recv_into(view[got:])
             except TimeoutError:
-                if got == 0 and idle is not None:
-                    if not idle():
+                if got == 0 and first:
+                    if idle is not None and not idle():
                         raise LinkClosed("stopped while waiting for the reader") from None
-                    continue
-                now = time.monotonic()
-                started = now if started is None else started
-                if now - started > FRAME_DEADLINE:
-                    raise FramingError(
-                        f"a message stalled after {got} of {size} bytes for {FRAME_DEADLINE:.0f} s"
-                    ) from None
+                    if idle is not None:
+                        continue
+                started = self._stalled(started, f"a message stalled after {got} of {size} bytes")
                 continue
             except OSError as err:
                 raise LinkClosed(f"connection lost ({err.strerror or err})") from None
             if n == 0:
-                if got == 0 and idle is not None:
+                if got == 0 and first:
                     raise LinkClosed("the reader closed the connection")
                 raise FramingError(f"connection closed inside a message ({got} of {size} bytes)")
             got += n
         return bytes(buf)
 
+    @staticmethod
+    def _stalled(started: float | None, what: str) -> float:
+        """The time the stall began; :class:`FramingError` once it passes the deadline."""
+        now = time.monotonic()
+        if started is None:
+            return now
+        if now - started > FRAME_DEADLINE:
+            raise FramingError(f"{what} for {FRAME_DEADLINE:g} s")
+        return started
+
     def read(self, idle: Callable[[], bool] | None = None) -> bytes:
-        """One message's payload. ``idle`` as in :meth:`_read_exact`, for its first byte."""
-        size = int.from_bytes(self._read_exact(2, idle), "big")
+        """One message's payload; ``idle`` as in :meth:`_read_exact`."""
+        size = int.from_bytes(self._read_exact(2, idle, first=True), "big")
         if size == 0:
             raise FramingError("an empty message (length 0) is not part of the protocol")
-        return self._read_exact(size, None)
+        return self._read_exact(size, None, first=False)
 
     def write(self, payload: bytes) -> None:
+        """Length and payload in one send (more only when the peer reads slowly)."""
         if len(payload) > MAX_PAYLOAD:
             raise FramingError(f"{len(payload)} bytes do not fit the 2-byte length")
-        try:
-            self.sock.sendall(len(payload).to_bytes(2, "big") + payload)
-        except OSError as err:
-            raise LinkClosed(f"connection lost while answering ({err.strerror or err})") from None
+        view = memoryview(len(payload).to_bytes(2, "big") + payload)
+        sent = 0
+        started: float | None = None
+        while sent < len(view):
+            try:
+                sent += self.sock.send(view[sent:])
+            except TimeoutError:
+                started = self._stalled(started, f"the reader took {sent} of {len(view)} bytes")
+            except OSError as err:
+                raise LinkClosed(
+                    f"connection lost while answering ({err.strerror or err})"
+                ) from None
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
