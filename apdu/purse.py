@@ -26,6 +26,7 @@ TERMINAL_ID_LEN = 8
 PIN_MIN, PIN_MAX = 4, 12
 PIN_TRIES = 3
 HISTORY_SLOTS = 10
+EXCEPTION_LOG_SLOTS = 8  # aborted transfers a card keeps until an online session
 APP_VERSION = 1
 
 
@@ -45,6 +46,16 @@ class HistoryKind(IntEnum):
     UNLOCK = 5
     TERMINATE = 6
     UNBLOCK_PIN = 7
+    TRANSFER_OUT = 8
+    TRANSFER_IN = 9
+    RESTORE = 10
+
+
+class TransferRole(IntEnum):
+    """A card's side of a card-to-card transfer."""
+
+    PAYER = 1  # debited and sent value; waits for the payee's acknowledgement
+    PAYEE = 2  # asked for value; waits for it
 
 
 class UpdateAction(IntFlag):
@@ -290,6 +301,71 @@ class BlocklistHeader(Message):
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Transfer(Message):
+    """Card-signed body of each transfer message (request, value, acknowledgement).
+
+    The three messages carry the same body under three object kinds, so each is
+    bound to both cards, the amount and both sequence numbers (each card's ATC at
+    its first step of this transfer): no message fits another transfer.
+    """
+
+    from_id: bytes
+    to_id: bytes
+    amount: int
+    currency: int
+    from_seq: int
+    to_seq: int
+
+    STRUCT: ClassVar[Any] = cs.Struct(
+        "from_id" / _CARD_ID,
+        "to_id" / _CARD_ID,
+        "amount" / _U32,
+        "currency" / _U16,
+        "from_seq" / _U32,
+        "to_seq" / _U32,
+    )
+
+
+TRANSFER_LEN = 30
+
+
+@dataclass(frozen=True, slots=True)
+class PendingTransfer(Message):
+    """The card's transfer in progress: its role, the transfer, the other card's key."""
+
+    role: int
+    transfer: bytes  # an encoded Transfer
+    counterparty_key: bytes
+
+    STRUCT: ClassVar[Any] = cs.Struct(
+        "role" / _U8,
+        "transfer" / cs.Bytes(TRANSFER_LEN),
+        "counterparty_key" / cs.Bytes(PUBLIC_KEY_LEN),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionEntry(Message):
+    """One aborted transfer in the card's exception log (reported in BEGIN ONLINE)."""
+
+    role: int
+    transfer: bytes  # an encoded Transfer
+
+    STRUCT: ClassVar[Any] = cs.Struct("role" / _U8, "transfer" / cs.Bytes(TRANSFER_LEN))
+
+
+EXCEPTION_ENTRY_LEN = 1 + TRANSFER_LEN
+
+
+def split_exception_log(raw: bytes) -> list[ExceptionEntry]:
+    """The entries of an encoded exception log (entries back to back, oldest first)."""
+    if len(raw) % EXCEPTION_ENTRY_LEN:
+        raise MalformedObject("an exception log is a whole number of 31-byte entries")
+    size = EXCEPTION_ENTRY_LEN
+    return [ExceptionEntry.decode(raw[i : i + size]) for i in range(0, len(raw), size)]
+
+
 # command data fields -----------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class PersonaliseData(Message):
@@ -363,6 +439,36 @@ class HistoryRecord(Message):
     )
 
 
+@dataclass(frozen=True, slots=True)
+class TransferAskData(Message):
+    """TRANSFER IN, ask (``80 58 00 00``) data: to the payee, the payer and the amount."""
+
+    amount: int
+    from_seq: int  # the payer's ATC + 1, read from the payer
+    payer_certificate: bytes  # the payer's issuer-signed certificate
+
+    STRUCT: ClassVar[Any] = cs.Struct(
+        "amount" / _U32,
+        "from_seq" / _U32,
+        "payer_certificate" / cs.Prefixed(_U16, cs.GreedyBytes),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TransferOutData(Message):
+    """TRANSFER OUT (``80 56 00 00``) data: to the payer, the time and the payee's request."""
+
+    terminal_time: int
+    payee_certificate: bytes  # the payee's issuer-signed certificate
+    request: bytes  # the payee's signed TRANSFER_REQUEST
+
+    STRUCT: ClassVar[Any] = cs.Struct(
+        "terminal_time" / _U32,
+        "payee_certificate" / cs.Prefixed(_U16, cs.GreedyBytes),
+        "request" / cs.Prefixed(_U16, cs.GreedyBytes),
+    )
+
+
 MESSAGES: tuple[type[Message], ...] = (
     CardCertificate,
     Credential,
@@ -375,6 +481,11 @@ MESSAGES: tuple[type[Message], ...] = (
     PayData,
     ChangePinData,
     HistoryRecord,
+    Transfer,
+    PendingTransfer,
+    ExceptionEntry,
+    TransferAskData,
+    TransferOutData,
 )
 
 

@@ -53,6 +53,9 @@ class ObjectKind(IntEnum):
     LOCK_ORDER = 0x05
     ONLINE_REQUEST = 0x06
     BLOCKLIST = 0x07
+    TRANSFER_REQUEST = 0x08  # card-signed, by the payee
+    TRANSFER_VALUE = 0x09  # card-signed, by the payer
+    TRANSFER_ACK = 0x0A  # card-signed, by the payee
 
 
 ENVELOPE = cs.Struct(

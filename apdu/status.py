@@ -54,6 +54,10 @@ class SW(IntEnum):
     WRONG_OBJECT_KIND = 0x9C14
     OVER_MAX_BALANCE = 0x9C15
     STALE_OBJECT = 0x9C16
+    WRONG_SEQUENCE = 0x9C17
+    NO_TRANSFER_PENDING = 0x9C18
+    EXCEPTION_LOG_FULL = 0x9C09
+    CURRENCY_MISMATCH = 0x9C0A
 
     @classmethod
     def family(cls, code: int) -> SW | None:
@@ -120,6 +124,10 @@ _MEANINGS: dict[SW, str] = {
     SW.WRONG_OBJECT_KIND: "purse: signed object of the wrong kind",
     SW.OVER_MAX_BALANCE: "purse: load would exceed the maximum balance",
     SW.STALE_OBJECT: "purse: object is older than one already applied",
+    SW.WRONG_SEQUENCE: "purse: transfer message for another transfer (sequence numbers)",
+    SW.NO_TRANSFER_PENDING: "purse: no transfer in progress for this message",
+    SW.EXCEPTION_LOG_FULL: "purse: exception log full (go online before transferring)",
+    SW.CURRENCY_MISMATCH: "purse: the other card holds another currency",
 }
 
 _BY_VALUE: dict[int, SW] = {int(m): m for m in SW}
