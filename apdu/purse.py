@@ -66,6 +66,7 @@ class UpdateAction(IntFlag):
     UNLOCK = 0x04
     UNBLOCK_PIN = 0x08
     TERMINATE = 0x10
+    RESTORE = 0x20
 
 
 class Tag(IntEnum):
@@ -194,6 +195,8 @@ class IssuerUpdate(Message):
     actions: int
     load_amount: int
     credential: bytes  # a signed Credential envelope when actions has RENEW, else empty
+    restore_amount: int = 0  # with RESTORE: transferred value the issuer found lost
+    log_cleared: int = 0  # how many of the oldest exception-log entries the issuer recorded
 
     STRUCT: ClassVar[Any] = cs.Struct(
         "card_id" / _CARD_ID,
@@ -202,6 +205,8 @@ class IssuerUpdate(Message):
         "actions" / _U8,
         "load_amount" / _U32,
         "credential" / cs.Prefixed(_U16, cs.GreedyBytes),
+        "restore_amount" / _U32,
+        "log_cleared" / _U8,
     )
 
 
@@ -260,7 +265,9 @@ class OnlineRequest(Message):
     time_mark: int
     offline_spent: int
     credential_serial: int
-    pending: bytes  # the pending-transfer log (empty until card-to-card transfers)
+    exception_log: bytes  # aborted transfers (ExceptionEntry back to back), oldest first
+    transfers_out: int  # value sent to other cards, in total over the card's life
+    transfers_in: int  # value received from other cards, in total
 
     STRUCT: ClassVar[Any] = cs.Struct(
         "card_id" / _CARD_ID,
@@ -272,7 +279,9 @@ class OnlineRequest(Message):
         "time_mark" / _U32,
         "offline_spent" / _U32,
         "credential_serial" / _U32,
-        "pending" / cs.Prefixed(_U16, cs.GreedyBytes),
+        "exception_log" / cs.Prefixed(_U16, cs.GreedyBytes),
+        "transfers_out" / cs.Int64ub,
+        "transfers_in" / cs.Int64ub,
     )
 
 

@@ -55,8 +55,19 @@ class IssuerKey:
         *,
         load_amount: int = 0,
         credential: bytes = b"",
+        restore_amount: int = 0,
+        log_cleared: int = 0,
     ) -> bytes:
-        body = IssuerUpdate(card_id, card_nonce, issuer_time, actions, load_amount, credential)
+        body = IssuerUpdate(
+            card_id,
+            card_nonce,
+            issuer_time,
+            actions,
+            load_amount,
+            credential,
+            restore_amount,
+            log_cleared,
+        )
         return self.sign(ObjectKind.ISSUER_UPDATE, body.encode())
 
     def lock_order(

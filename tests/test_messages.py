@@ -40,7 +40,12 @@ from apdu.signed import (
 )
 
 GREEDY_MAX = 200
-_INT_FIELDS: dict[int, int] = {id(cs.Int8ub): 1, id(cs.Int16ub): 2, id(cs.Int32ub): 4}
+_INT_FIELDS: dict[int, int] = {
+    id(cs.Int8ub): 1,
+    id(cs.Int16ub): 2,
+    id(cs.Int32ub): 4,
+    id(cs.Int64ub): 8,
+}
 _PREFIXES: dict[int, int] = {id(cs.Int8ub): 1, id(cs.Int16ub): 2}
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
-from typing import TypeVar
-
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from apdu.command import CommandApdu
 from apdu.purse import (
@@ -22,12 +19,10 @@ from apdu.purse import (
     CARD_ID_LEN,
     HISTORY_SLOTS,
     NONCE_LEN,
-    TERMINAL_ID_LEN,
     CardCertificate,
     ChangePinData,
     Credential,
     HistoryKind,
-    HistoryRecord,
     IssuerUpdate,
     LifeCycle,
     LockOrder,
@@ -40,14 +35,9 @@ from apdu.purse import (
     valid_pin,
 )
 from apdu.signed import (
-    BadSignature,
-    Envelope,
     MalformedObject,
     ObjectKind,
-    UnknownKey,
-    WrongKind,
     key_id_of,
-    open_envelope,
     private_key_from_scalar,
     public_bytes,
     public_key_from_bytes,
@@ -55,19 +45,19 @@ from apdu.signed import (
 )
 from apdu.status import SW, CardError
 from apdu.tlv import Tlv
-from card_os.applet import CLA_ISO, Applet, AppletContext, command
+from card_os.applet import CLA_ISO, command
+from card_os.purse.core import NO_COUNTERPARTY
 from card_os.purse.state import PurseState
+from card_os.purse.transfer import TransferCommands
 
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-NO_COUNTERPARTY = bytes(TERMINAL_ID_LEN)
-# the issuer-signed objects a card accepts, each naming the card it is for
-Addressed = TypeVar("Addressed", CardCertificate, Credential, IssuerUpdate, LockOrder)
 _ALL_ACTIONS = (
     UpdateAction.RENEW
     | UpdateAction.LOAD
     | UpdateAction.UNLOCK
     | UpdateAction.UNBLOCK_PIN
     | UpdateAction.TERMINATE
+    | UpdateAction.RESTORE
 )
 
 
@@ -91,82 +81,8 @@ _DATA_OBJECTS: dict[int, Callable[[PurseState], bytes | None]] = {
 }
 
 
-class PurseApplet(Applet):
-    def __init__(self, ctx: AppletContext) -> None:
-        super().__init__(ctx)
-        self.state = PurseState(ctx.store)
-        self._pin_verified = False
-        self._session_nonce: bytes | None = None
-        self._key_cache: tuple[bytes, ec.EllipticCurvePrivateKey] | None = None
-        self._issuer_cache: tuple[bytes, dict[bytes, ec.EllipticCurvePublicKey]] | None = None
-
-    # transient state -------------------------------------------------------------
-    def reset(self) -> None:
-        self._pin_verified = False
-        self._session_nonce = None
-
-    def deselect(self) -> None:
-        self.reset()
-
-    # helpers -------------------------------------------------------------------
-    def _card_key(self) -> ec.EllipticCurvePrivateKey:
-        raw = self.state.card_key
-        cached = self._key_cache
-        if cached is None or cached[0] != raw:
-            cached = (raw, private_key_from_scalar(raw))
-            self._key_cache = cached
-        return cached[1]
-
-    def _issuer_keys(self) -> dict[bytes, ec.EllipticCurvePublicKey]:
-        raw = self.state.issuer_keys_raw
-        cached = self._issuer_cache
-        if cached is None or cached[0] != raw:
-            keys = {
-                kid: public_key_from_bytes(pub) for kid, pub in self.state.issuer_keys().items()
-            }
-            cached = (raw, keys)
-            self._issuer_cache = cached
-        return cached[1]
-
-    def _open(self, raw: bytes, kind: ObjectKind) -> Envelope:
-        """Open an issuer-signed object; each failure has its own status word."""
-        try:
-            return open_envelope(raw, kind, self._issuer_keys())
-        except WrongKind:
-            raise CardError(SW.WRONG_OBJECT_KIND) from None
-        except UnknownKey:
-            raise CardError(SW.UNKNOWN_KEY) from None
-        except BadSignature:
-            raise CardError(SW.BAD_SIGNATURE) from None
-        except MalformedObject:
-            raise CardError(SW.WRONG_DATA, "not a signed object") from None
-
-    def _open_for_me(self, raw: bytes, kind: ObjectKind, body: type[Addressed]) -> Addressed:
-        """Open an issuer-signed object, decode its body, and check it names this card."""
-        env = self._open(raw, kind)
-        try:
-            decoded = body.decode(env.body)
-        except MalformedObject:
-            raise CardError(SW.WRONG_DATA) from None
-        if decoded.card_id != self.state.card_id:
-            raise CardError(SW.WRONG_CARD)
-        return decoded
-
-    def _require(self, *states: LifeCycle) -> LifeCycle:
-        current = self.state.life_cycle
-        if current not in states:
-            if current is LifeCycle.LOCKED:
-                raise CardError(SW.CARD_LOCKED)
-            raise CardError(SW.CARD_NOT_ACTIVE)
-        return current
-
-    def _record(self, atc: int, kind: HistoryKind, amount: int, time: int, other: bytes) -> None:
-        self.state.record(HistoryRecord(atc, kind, amount, self.state.balance, time, other))
-
-    @staticmethod
-    def _no_p1p2(cmd: CommandApdu) -> None:
-        if cmd.p1 or cmd.p2:
-            raise CardError(SW.INCORRECT_P1P2)
+class PurseApplet(TransferCommands):
+    """The purse: every command of docs/protocol.md."""
 
     # SELECT and GET DATA -------------------------------------------------------------
     def select(self, cmd: CommandApdu) -> bytes:
@@ -322,6 +238,7 @@ class PurseApplet(Applet):
             raise CardError(SW.WRONG_LENGTH, "BEGIN ONLINE takes no data")
         current = self._require(LifeCycle.ACTIVE, LifeCycle.LOCKED)
         s = self.state
+        self._abort_transfer()  # a transfer left waiting is reported now
         nonce = self.ctx.random(NONCE_LEN)
         cred = s.credential()
         # Every request gets its own ATC, so the issuer can order them: a request
@@ -337,7 +254,9 @@ class PurseApplet(Applet):
             time_mark=s.time_mark,
             offline_spent=s.offline_spent,
             credential_serial=cred.serial if cred else 0,
-            pending=b"",
+            exception_log=s.exception_log_raw,
+            transfers_out=s.transfers_out,
+            transfers_in=s.transfers_in,
         )
         signed = seal(ObjectKind.ONLINE_REQUEST, s.card_id, request.encode(), self._card_key())
         self._session_nonce = nonce
@@ -371,6 +290,15 @@ class PurseApplet(Applet):
                 raise CardError(SW.OVER_MAX_BALANCE)
         elif update.load_amount:
             raise CardError(SW.WRONG_DATA, "amount without the LOAD action")
+        if actions & UpdateAction.RESTORE:
+            if update.restore_amount == 0:
+                raise CardError(SW.WRONG_DATA, "RESTORE of zero")
+            if s.balance + update.load_amount + update.restore_amount > s.max_balance:
+                raise CardError(SW.OVER_MAX_BALANCE)
+        elif update.restore_amount:
+            raise CardError(SW.WRONG_DATA, "amount without the RESTORE action")
+        if update.log_cleared > len(s.exception_log()):
+            raise CardError(SW.WRONG_DATA, "clears more exception-log entries than the card has")
 
         # nothing can refuse from here on: apply, all in this command's transaction
         atc = s.next_atc()
@@ -385,6 +313,11 @@ class PurseApplet(Applet):
         if actions & UpdateAction.LOAD:
             s.balance = s.balance + update.load_amount
             self._record(atc, HistoryKind.LOAD, update.load_amount, when, NO_COUNTERPARTY)
+        if actions & UpdateAction.RESTORE:
+            s.balance = s.balance + update.restore_amount
+            self._record(atc, HistoryKind.RESTORE, update.restore_amount, when, NO_COUNTERPARTY)
+        if update.log_cleared:
+            s.clear_exceptions(update.log_cleared)
         if actions & UpdateAction.UNBLOCK_PIN:
             s.reset_pin_tries()
             self._record(atc, HistoryKind.UNBLOCK_PIN, 0, when, NO_COUNTERPARTY)
@@ -420,26 +353,8 @@ class PurseApplet(Applet):
         except MalformedObject:
             raise CardError(SW.WRONG_LENGTH, "PAY data is 32 bytes") from None
         self._require(LifeCycle.ACTIVE)
+        needs_pin = self._check_spend(req.amount, req.terminal_time)
         s = self.state
-        cred = s.credential()
-        if cred is None:
-            raise CardError(SW.NO_CREDENTIAL)
-        if req.terminal_time + cred.tolerance < s.time_mark:
-            raise CardError(SW.CLOCK_ROLLBACK)
-        if req.terminal_time >= cred.expires_at:
-            raise CardError(SW.CREDENTIAL_EXPIRED)
-        if req.amount == 0:
-            raise CardError(SW.WRONG_DATA, "amount must not be zero")
-        if req.amount > cred.per_payment_limit:
-            raise CardError(SW.OVER_PAYMENT_LIMIT)
-        needs_pin = req.amount > cred.no_pin_limit
-        if needs_pin and not self._pin_verified:
-            raise CardError(SW.SECURITY_STATUS_NOT_SATISFIED, "this amount needs the PIN")
-        if req.amount > s.balance:
-            raise CardError(SW.INSUFFICIENT_FUNDS)
-        if s.offline_spent + req.amount > cred.offline_cap:
-            raise CardError(SW.OFFLINE_CAP_EXCEEDED)
-
         balance = s.balance - req.amount
         receipt = Receipt(
             card_id=s.card_id,
@@ -452,13 +367,10 @@ class PurseApplet(Applet):
             terminal_nonce=req.terminal_nonce,
         )
         signed = seal(ObjectKind.RECEIPT, s.card_id, receipt.encode(), self._card_key())
+        self._abort_transfer()
         atc = s.next_atc()
-        s.balance = balance
-        s.offline_spent = s.offline_spent + req.amount
-        s.raise_time_mark(req.terminal_time)
+        self._spend(req.amount, req.terminal_time, needs_pin)
         self._record(atc, HistoryKind.PAY, req.amount, req.terminal_time, req.terminal_id)
-        if needs_pin:
-            self._pin_verified = False  # one VERIFY, one payment above the no-PIN limit
         return signed
 
     # lock ---------------------------------------------------------------------------

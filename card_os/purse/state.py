@@ -6,7 +6,16 @@ during a command are staged in that command's transaction.
 
 from __future__ import annotations
 
-from apdu.purse import HISTORY_SLOTS, PIN_TRIES, Credential, HistoryRecord, LifeCycle
+from apdu.purse import (
+    HISTORY_SLOTS,
+    PIN_TRIES,
+    Credential,
+    ExceptionEntry,
+    HistoryRecord,
+    LifeCycle,
+    PendingTransfer,
+    split_exception_log,
+)
 from apdu.signed import KEY_ID_LEN, PUBLIC_KEY_LEN, parse_envelope
 from card_os.applet import StoreView
 
@@ -176,6 +185,49 @@ class PurseState:
         cred = Credential.decode(parse_envelope(raw).body)
         self._cred_cache = (raw, cred)
         return cred
+
+    # card-to-card transfers -----------------------------------------------------------
+    @property
+    def pending_transfer(self) -> PendingTransfer | None:
+        raw = self._store.get("xfer_pending")
+        return PendingTransfer.decode(raw) if raw else None
+
+    @pending_transfer.setter
+    def pending_transfer(self, value: PendingTransfer | None) -> None:
+        self._store.write("xfer_pending", value.encode() if value is not None else b"")
+
+    @property
+    def exception_log_raw(self) -> bytes:
+        return self._store.get("xfer_log") or b""
+
+    def exception_log(self) -> list[ExceptionEntry]:
+        return split_exception_log(self.exception_log_raw)
+
+    def log_exception(self, entry: ExceptionEntry) -> None:
+        self._store.write("xfer_log", self.exception_log_raw + entry.encode())
+
+    def clear_exceptions(self, count: int) -> None:
+        """Drop the ``count`` oldest entries (the ones the issuer has recorded)."""
+        kept = self.exception_log()[count:]
+        self._store.write("xfer_log", b"".join(e.encode() for e in kept))
+
+    @property
+    def transfers_out(self) -> int:
+        """Value sent to other cards, in total over the card's life."""
+        return self._int("xfer_out")
+
+    @transfers_out.setter
+    def transfers_out(self, value: int) -> None:
+        self._put("xfer_out", value, 8)
+
+    @property
+    def transfers_in(self) -> int:
+        """Value received from other cards, in total over the card's life."""
+        return self._int("xfer_in")
+
+    @transfers_in.setter
+    def transfers_in(self, value: int) -> None:
+        self._put("xfer_in", value, 8)
 
     # history ---------------------------------------------------------------------
     @property
