@@ -25,6 +25,7 @@ from apdu.purse import (
     Message,
     OnlineRequest,
     Receipt,
+    Transfer,
 )
 from apdu.response import ResponseApdu
 from apdu.signed import ObjectKind, SignedObjectError, parse_envelope
@@ -39,6 +40,9 @@ BODIES: dict[int, type[Message]] = {
     ObjectKind.LOCK_ORDER: LockOrder,
     ObjectKind.ONLINE_REQUEST: OnlineRequest,
     ObjectKind.BLOCKLIST: BlocklistHeader,
+    ObjectKind.TRANSFER_REQUEST: Transfer,
+    ObjectKind.TRANSFER_VALUE: Transfer,
+    ObjectKind.TRANSFER_ACK: Transfer,
 }
 _INS_READ_RECORD = 0xB2
 

@@ -132,13 +132,12 @@ class Context:
         return int(flags), bytes(atr)
 
     def wait_for_card(self, reader: str, wait: float) -> bytes:
-        """The ATR once a powered-up card is present; :class:`NoCard` after ``wait`` s."""
+        """The ATR (b"" if unpowered) once a card is present; :class:`NoCard` after ``wait`` s."""
         scard = self.scard
         deadline = time.monotonic() + wait
         flags, atr = self.state(reader)
-        while not (
-            flags & scard.SCARD_STATE_PRESENT and not flags & scard.SCARD_STATE_MUTE and atr
-        ):
+        # present and not mute; an unpowered card has no ATR yet: connecting powers it
+        while not (flags & scard.SCARD_STATE_PRESENT and not flags & scard.SCARD_STATE_MUTE):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise NoCard(f"no card in reader {reader!r} (waited {wait:g} s)")
@@ -272,6 +271,12 @@ class PcscTransport:
             card, self._card = self._card, None
             self.context.scard.SCardDisconnect(card, self.context.scard.SCARD_UNPOWER_CARD)
 
+    def _drop(self) -> None:
+        """Let go of a connection that failed, leaving the card to pcscd as it is."""
+        if self._card is not None:
+            card, self._card = self._card, None
+            self.context.scard.SCardDisconnect(card, self.context.scard.SCARD_LEAVE_CARD)
+
     def reset(self) -> bytes:
         scard = self.context.scard
         if self._card is None:
@@ -286,14 +291,22 @@ class PcscTransport:
         if self._card is None:
             raise PcscError(f"no connection to the card in {self.reader!r}")
         hresult, response = self.context.scard.SCardTransmit(self._card, self._pci, list(apdu))
+        doing = f"exchanging an APDU with the card in {self.reader!r}"
         if hresult != 0:
-            self.power_off()  # a failed exchange leaves no usable connection
-            _check(hresult, f"exchanging an APDU with the card in {self.reader!r}")
+            self._drop()  # a failed exchange leaves no usable connection
+            _check(hresult, doing)
+        if len(response) < 2:  # vpcd's answer for a card that lost power mid-command
+            self._drop()
+            raise PcscError(f"{doing}: the card gave no answer (torn, or mute)")
         return bytes(response)
 
     def close(self) -> None:
-        """Leave the card powered for the next program, and release the context."""
+        """Reset the card as we leave, and release the context.
+
+        A reset, not "leave the card": the next program must not inherit this
+        one's session (the applet selected, the PIN verified).
+        """
         if self._card is not None:
             card, self._card = self._card, None
-            self.context.scard.SCardDisconnect(card, self.context.scard.SCARD_LEAVE_CARD)
+            self.context.scard.SCardDisconnect(card, self.context.scard.SCARD_RESET_CARD)
         self.context.close()

@@ -23,10 +23,9 @@ What is checked:
   bounded time, and changes nothing;
 * ``apdu send --trace`` shows the GET RESPONSE round; ``apdu script`` checks
   status words over PC/SC;
-* a tear (power cut) inside PAY over PC/SC leaves the image exactly before
-  or after the payment, and the card comes back.
-
-Known bugs are ``xfail(strict=True)`` tests whose reason starts with ``BUG:``.
+* a tear (power cut) inside PAY over PC/SC is a PcscError, leaves the image
+  exactly before or after the payment, and the card comes back;
+* a program that ends resets the card: the next one inherits no session.
 """
 
 from __future__ import annotations
@@ -54,7 +53,6 @@ from click.testing import CliRunner, Result
 
 from apdu.atr import build_atr
 from apdu.command import CommandApdu
-from apdu.errors import TransportError, WireError
 from apdu.pcsc import Context, NoCard, PcscError, PcscTransport, list_readers
 from apdu.purse import PURSE_AID, HistoryKind, LifeCycle, PayData
 from apdu.purse_client import CardStatus, PurseClient
@@ -1037,8 +1035,8 @@ def test_tear_during_pay_over_pcsc(pcsc: PcscStack, tmp_path: Path, where: str, 
             client = PurseClient(CardChannel(transport))
             client.select()
             injector.arm(k)
-            # the exchange fails, quickly; no receipt comes back (PcscError: see the xfail below)
-            with within(QUICK), pytest.raises((TransportError, WireError)):
+            # the exchange fails, quickly, as a PC/SC error; no receipt comes back
+            with within(QUICK), pytest.raises(PcscError):
                 client.pay(tb.pay)
         assert injector.at is None  # the cut happened
         label = injector.labels[-1]
@@ -1056,14 +1054,6 @@ def test_tear_during_pay_over_pcsc(pcsc: PcscStack, tmp_path: Path, where: str, 
     assert ImageFile(work).load() == on_disk  # nothing else was written
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: when the card loses power inside a command, vpcd answers the exchange with 0 "
-    "bytes and PC/SC success; PcscTransport.transmit returns b'' instead of raising PcscError, "
-    "so the terminal sees MalformedApdu ('a response APDU has at least 2 bytes, got 0') and "
-    "the CLI prints that instead of 'the card was removed' / 'the exchange failed'",
-)
 def test_torn_exchange_is_a_pcsc_error(pcsc: PcscStack, tmp_path: Path) -> None:
     tb = _tear_base(tmp_path)
     _work, card, injector = _torn_card(tmp_path, tb, "torn.img")
@@ -1082,15 +1072,6 @@ def test_torn_exchange_is_a_pcsc_error(pcsc: PcscStack, tmp_path: Path) -> None:
 
 
 # a session that outlives its program ---------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: PcscTransport.close() disconnects with SCARD_LEAVE_CARD and nothing resets "
-    "the card, so the next program on the reader inherits the selected purse and the "
-    "holder's verified PIN: after `atm load --reader 0 --pin 1234`, another program's PAY "
-    "above the no-PIN limit (and READ RECORD) is accepted without VERIFY; with --card FILE "
-    "every command starts a fresh session",
-)
 def test_a_verified_pin_does_not_outlive_its_program(pcsc: PcscStack, world: World) -> None:
     r0 = index_of(0)
     with served(open_card(world.card), 0):
