@@ -18,6 +18,8 @@ from apdu.purse import (
     PayData,
     PersonaliseData,
     Tag,
+    TransferAskData,
+    TransferOutData,
 )
 from apdu.status import SW, CardError
 from apdu.tlv import Tlv, find, parse_one
@@ -125,3 +127,22 @@ class PurseClient:
 
     def lock(self, order: bytes) -> None:
         self._call(_CLA, 0x1E, data=order, ne=None)
+
+    # card to card ---------------------------------------------------------------------
+    def transfer_ask(self, amount: int, from_seq: int, payer_certificate: bytes) -> bytes:
+        """Payee: ask for value; returns the payee-signed request."""
+        data = TransferAskData(amount, from_seq, payer_certificate).encode()
+        return self._call(_CLA, 0x58, 0x00, 0x00, data)
+
+    def transfer_out(self, terminal_time: int, payee_certificate: bytes, request: bytes) -> bytes:
+        """Payer: debit for the payee's request; returns the payer-signed value."""
+        data = TransferOutData(terminal_time, payee_certificate, request).encode()
+        return self._call(_CLA, 0x56, data=data)
+
+    def transfer_receive(self, value: bytes) -> bytes:
+        """Payee: credit the payer's value; returns the payee-signed acknowledgement."""
+        return self._call(_CLA, 0x58, 0x01, 0x00, value)
+
+    def transfer_ack(self, ack: bytes) -> None:
+        """Payer: the payee's acknowledgement closes the transfer."""
+        self._call(_CLA, 0x5A, data=ack, ne=None)

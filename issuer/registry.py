@@ -52,6 +52,8 @@ class CardRecord:
     unlock_requested: bool = False
     unblock_requested: bool = False
     unlocked_at: int = 0  # issuer time of the last update that carried UNLOCK
+    transfers_out: int = 0  # the card's own total of value sent by transfer, last reported
+    transfers_in: int = 0  # and of value received
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,32 @@ class Renewal:
     load: int
     holder: str
     outcome: Outcome = Outcome.PENDING
+    restore: int = 0  # lost transferred value given back with this update
+
+
+@dataclass(frozen=True, slots=True)
+class TransferException:
+    """One transfer that at least one of its two cards logged as aborted.
+
+    ``payer_logged``/``payee_logged``: the issuer time each side's log reached
+    the issuer (None: not yet). ``restore_serial``: the update that gives its
+    value back to the payer (pending or applied); ``restored``: it was applied.
+    """
+
+    from_id: bytes
+    from_seq: int
+    to_id: bytes
+    to_seq: int
+    amount: int
+    currency: int
+    payer_logged: int | None = None
+    payee_logged: int | None = None
+    restore_serial: int | None = None
+    restored: bool = False
+
+    @property
+    def key(self) -> tuple[bytes, int, bytes, int]:
+        return (self.from_id, self.from_seq, self.to_id, self.to_seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +186,21 @@ class RegistryTx(ABC):
 
     @abstractmethod
     def renewals(self, card_id: bytes) -> list[Renewal]: ...
+
+    # card-to-card transfer exceptions ----------------------------------------------------
+    @abstractmethod
+    def log_exception(self, entry: TransferException, payer_side: bool, at: int) -> None:
+        """Record one side's log entry (again is harmless: the first time is kept)."""
+
+    @abstractmethod
+    def exceptions(self, card_id: bytes | None = None) -> list[TransferException]:
+        """Every logged transfer, or those where ``card_id`` is payer or payee."""
+
+    @abstractmethod
+    def set_restore(
+        self, key: tuple[bytes, int, bytes, int], serial: int | None, restored: bool = False
+    ) -> None:
+        """Tie a lost transfer to the update that restores it (None: untie it)."""
 
     # terminals, batches, receipts --------------------------------------------------------
     @abstractmethod

@@ -29,6 +29,7 @@ from issuer.registry import (
     RegistryTx,
     Renewal,
     TerminalRecord,
+    TransferException,
 )
 
 APPLICATION_ID = 0x50555253  # "PURS"
@@ -133,14 +134,36 @@ WHEN NEW.seq IS NOT NULL AND EXISTS (SELECT 1 FROM audit WHERE seq = NEW.seq)
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
 
+# card-to-card transfers: each card's reported totals, restores, the exception logs
+_V2 = """
+ALTER TABLE cards ADD COLUMN transfers_out INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE cards ADD COLUMN transfers_in INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE renewals ADD COLUMN restore INTEGER NOT NULL DEFAULT 0 CHECK (restore >= 0);
+CREATE TABLE transfer_exceptions (
+    from_id BLOB NOT NULL REFERENCES cards(card_id),
+    from_seq INTEGER NOT NULL,
+    to_id BLOB NOT NULL REFERENCES cards(card_id),
+    to_seq INTEGER NOT NULL,
+    amount INTEGER NOT NULL CHECK (amount > 0),
+    currency INTEGER NOT NULL,
+    payer_logged INTEGER,
+    payee_logged INTEGER,
+    restore_serial INTEGER,
+    restored INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (from_id, from_seq, to_id, to_seq)
+) WITHOUT ROWID;
+CREATE INDEX transfer_exceptions_to ON transfer_exceptions(to_id);
+"""
+
 # MIGRATIONS[n] brings a file at schema version n to version n + 1.
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _CARD_COLUMNS = (
     "card_id, holder, issuer_key_id, public_key, certificate, cert_expires_at, currency, "
     "max_balance, issued_at, status, last_atc, last_balance, shadow_balance, "
-    "credential_serial, unlock_requested, unblock_requested, unlocked_at"
+    "credential_serial, unlock_requested, unblock_requested, unlocked_at, "
+    "transfers_out, transfers_in"
 )
 
 
@@ -154,6 +177,8 @@ _MUTABLE_COLUMNS = (
     "unlock_requested",
     "unblock_requested",
     "unlocked_at",
+    "transfers_out",
+    "transfers_in",
 )
 
 
@@ -167,6 +192,8 @@ def _mutable(card: CardRecord) -> tuple[Any, ...]:
         int(card.unlock_requested),
         int(card.unblock_requested),
         card.unlocked_at,
+        card.transfers_out,
+        card.transfers_in,
     )
 
 
@@ -189,6 +216,8 @@ def _card(row: Any) -> CardRecord:
         unlock_requested=bool(row[14]),
         unblock_requested=bool(row[15]),
         unlocked_at=row[16],
+        transfers_out=row[17],
+        transfers_in=row[18],
     )
 
 
@@ -247,7 +276,7 @@ class SQLiteTx(RegistryTx):
 
     def add_card(self, card: CardRecord) -> None:
         self._run(
-            f"INSERT INTO cards ({_CARD_COLUMNS}) VALUES ({', '.join('?' * 17)})",
+            f"INSERT INTO cards ({_CARD_COLUMNS}) VALUES ({', '.join('?' * 19)})",
             card.card_id,
             card.holder,
             card.issuer_key_id,
@@ -279,7 +308,8 @@ class SQLiteTx(RegistryTx):
     # renewals and loads -----------------------------------
     def add_renewal(self, renewal: Renewal, at: int) -> None:
         self._run(
-            "INSERT INTO renewals VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO renewals (card_id, serial, issued_at, expires_at, actions, outcome, "
+            "at, restore) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             renewal.card_id,
             renewal.serial,
             renewal.issued_at,
@@ -287,6 +317,7 @@ class SQLiteTx(RegistryTx):
             renewal.actions,
             renewal.outcome.value,
             at,
+            renewal.restore,
         )
         if renewal.load:
             self._run(
@@ -300,13 +331,13 @@ class SQLiteTx(RegistryTx):
     def _renewals(self, where: str, *args: Any) -> list[Renewal]:
         rows = self._db.execute(
             "SELECT r.card_id, r.serial, r.issued_at, r.expires_at, r.actions, "
-            "coalesce(l.amount, 0), coalesce(l.holder, ''), r.outcome FROM renewals r "
+            "coalesce(l.amount, 0), coalesce(l.holder, ''), r.outcome, r.restore FROM renewals r "
             "LEFT JOIN loads l ON l.card_id = r.card_id AND l.serial = r.serial "
             f"WHERE {where} ORDER BY r.serial",
             args,
         )
         return [
-            Renewal(row[0], row[1], row[2], row[3], row[4], row[5], row[6], Outcome(row[7]))
+            Renewal(row[0], row[1], row[2], row[3], row[4], row[5], row[6], Outcome(row[7]), row[8])
             for row in rows
         ]
 
@@ -326,6 +357,59 @@ class SQLiteTx(RegistryTx):
         )
         if changed != 1:
             raise RegistryError("no pending renewal to close")
+
+    # card-to-card transfer exceptions --------------------
+    def log_exception(self, entry: TransferException, payer_side: bool, at: int) -> None:
+        column = "payer_logged" if payer_side else "payee_logged"
+        self._run(
+            "INSERT INTO transfer_exceptions (from_id, from_seq, to_id, to_seq, amount, "
+            f"currency, {column}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (from_id, from_seq, to_id, to_seq) DO UPDATE SET "
+            f"{column} = coalesce({column}, excluded.{column})",
+            *entry.key,
+            entry.amount,
+            entry.currency,
+            at,
+        )
+
+    def exceptions(self, card_id: bytes | None = None) -> list[TransferException]:
+        where, args = (
+            ("WHERE from_id = ? OR to_id = ?", (card_id, card_id)) if card_id else ("", ())
+        )
+        rows = self._db.execute(
+            "SELECT from_id, from_seq, to_id, to_seq, amount, currency, payer_logged, "
+            f"payee_logged, restore_serial, restored FROM transfer_exceptions {where} "
+            "ORDER BY from_id, from_seq",
+            args,
+        )
+        return [
+            TransferException(
+                from_id=row[0],
+                from_seq=row[1],
+                to_id=row[2],
+                to_seq=row[3],
+                amount=row[4],
+                currency=row[5],
+                payer_logged=row[6],
+                payee_logged=row[7],
+                restore_serial=row[8],
+                restored=bool(row[9]),
+            )
+            for row in rows
+        ]
+
+    def set_restore(
+        self, key: tuple[bytes, int, bytes, int], serial: int | None, restored: bool = False
+    ) -> None:
+        changed = self._run(
+            "UPDATE transfer_exceptions SET restore_serial = ?, restored = ? "
+            "WHERE from_id = ? AND from_seq = ? AND to_id = ? AND to_seq = ?",
+            serial,
+            int(restored),
+            *key,
+        )
+        if changed != 1:
+            raise RegistryError("no such logged transfer")
 
     # terminals, batches, receipts -------------------------
     def terminal(self, terminal_id: bytes) -> TerminalRecord | None:
