@@ -17,7 +17,7 @@ from typing import TypeVar
 from apdu.clock import Clock, system_clock
 from apdu.purse import printable_id
 from apdu.purse_client import PurseClient
-from issuer import blocklist, session, settlement
+from issuer import blocklist, session, settlement, transfers
 from issuer.errors import IssuerError, Refused
 from issuer.keys import KeyRing
 from issuer.personalise import check_blank, new_pin, personalise
@@ -230,6 +230,10 @@ class IssuerCentre:
         return self.decide(
             lambda tx, now: session.online_session(tx, self.keys, policy, now, request, load)
         )
+
+    def transfers(self, card_id: bytes | None = None) -> list[transfers.Reconciled]:
+        """Every card-to-card transfer a card logged as aborted, reconciled."""
+        return self.read(lambda tx: transfers.reconcile(tx, card_id))
 
     # blocklist ------------------------------------------------------------------------------------
     def report(self, card_id: bytes, reason: CardState) -> int:

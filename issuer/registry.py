@@ -54,6 +54,7 @@ class CardRecord:
     unlocked_at: int = 0  # issuer time of the last update that carried UNLOCK
     transfers_out: int = 0  # the card's own total of value sent by transfer, last reported
     transfers_in: int = 0  # and of value received
+    reported_atc: int = 0  # ATC of the last online request, whose exception log is recorded
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from apdu.signed import (
     public_key_from_bytes,
     verify_envelope,
 )
+from issuer import transfers
 from issuer.errors import Refused, RegistryError
 from issuer.keys import KeyRing
 from issuer.policy import Policy
@@ -54,6 +55,7 @@ class SessionReply:
     expires_at: int = 0
     load: int = 0
     actions: int = 0
+    restore: int = 0
 
 
 @lru_cache(maxsize=4096)
@@ -92,8 +94,10 @@ def _resolve_pending(
     """Close the card's pending updates; returns the serials that the card applied."""
     applied: list[int] = []
     for renewal in tx.pending_renewals(card.card_id):
-        if request.credential_serial >= renewal.serial:
-            card.shadow_balance += renewal.load
+        applied_now = request.credential_serial >= renewal.serial
+        transfers.settle_restore(tx, renewal, applied_now)
+        if applied_now:
+            card.shadow_balance += renewal.load + renewal.restore
             if renewal.actions & UpdateAction.UNLOCK:
                 card.unlock_requested = False
             if renewal.actions & UpdateAction.UNBLOCK_PIN:
@@ -138,6 +142,8 @@ def online_session(
         raise Refused("replayed_request", "this request was answered before", cid)
     _check_not_clone(card, request)
     applied = _resolve_pending(tx, card, request, now)
+    transfers.apply_totals(card, request)
+    logged = transfers.record_log(tx, card, request, now)
     if request.balance > card.shadow_balance:
         raise Refused(
             "clone_suspected",
@@ -145,6 +151,7 @@ def online_session(
             cid,
         )
     card.last_atc, card.last_balance = request.atc, request.balance
+    card.reported_atc = request.atc
 
     if card.status is CardState.TERMINATED:
         raise Refused("terminated", "the card is terminated", cid)
@@ -180,6 +187,13 @@ def online_session(
     actions = UpdateAction.RENEW
     if load:
         actions |= UpdateAction.LOAD
+    lost = transfers.to_restore(tx, cid)
+    restore = sum(x.amount for x in lost)
+    if restore and request.balance + load + restore > card.max_balance:
+        tx.audit(now, "restore_deferred", cid, f"{restore} to restore does not fit the card yet")
+        lost, restore = [], 0
+    if restore:
+        actions |= UpdateAction.RESTORE
     if card.unlock_requested:
         actions |= UpdateAction.UNLOCK
         card.unlocked_at = now
@@ -203,11 +217,22 @@ def online_session(
         )
     )
     update = key.update(
-        cid, request.card_nonce, now, actions, load_amount=load, credential=credential
+        cid,
+        request.card_nonce,
+        now,
+        actions,
+        load_amount=load,
+        credential=credential,
+        restore_amount=restore,
+        log_cleared=logged,
     )
     if load:
         tx.adjust_holder(card.holder, -load)
-    tx.add_renewal(Renewal(cid, serial, now, expires, actions, load, card.holder), now)
+    tx.add_renewal(
+        Renewal(cid, serial, now, expires, actions, load, card.holder, restore=restore), now
+    )
+    for x in lost:
+        tx.set_restore(x.key, serial)
     card.credential_serial = serial
     tx.save_card(card)
     tx.audit(
@@ -215,6 +240,6 @@ def online_session(
         "renewal",
         cid,
         f"serial {serial} until {expires}; actions {actions.value:#04x}; load {load}; "
-        f"{_applied_note(applied)}",
+        f"restore {restore}; {logged} exception(s) recorded; {_applied_note(applied)}",
     )
-    return SessionReply(ReplyKind.UPDATE, cid, update, serial, now, expires, load, actions)
+    return SessionReply(ReplyKind.UPDATE, cid, update, serial, now, expires, load, actions, restore)

@@ -138,6 +138,7 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 _V2 = """
 ALTER TABLE cards ADD COLUMN transfers_out INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE cards ADD COLUMN transfers_in INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE cards ADD COLUMN reported_atc INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE renewals ADD COLUMN restore INTEGER NOT NULL DEFAULT 0 CHECK (restore >= 0);
 CREATE TABLE transfer_exceptions (
     from_id BLOB NOT NULL REFERENCES cards(card_id),
@@ -163,7 +164,7 @@ _CARD_COLUMNS = (
     "card_id, holder, issuer_key_id, public_key, certificate, cert_expires_at, currency, "
     "max_balance, issued_at, status, last_atc, last_balance, shadow_balance, "
     "credential_serial, unlock_requested, unblock_requested, unlocked_at, "
-    "transfers_out, transfers_in"
+    "transfers_out, transfers_in, reported_atc"
 )
 
 
@@ -179,6 +180,7 @@ _MUTABLE_COLUMNS = (
     "unlocked_at",
     "transfers_out",
     "transfers_in",
+    "reported_atc",
 )
 
 
@@ -194,6 +196,7 @@ def _mutable(card: CardRecord) -> tuple[Any, ...]:
         card.unlocked_at,
         card.transfers_out,
         card.transfers_in,
+        card.reported_atc,
     )
 
 
@@ -218,6 +221,7 @@ def _card(row: Any) -> CardRecord:
         unlocked_at=row[16],
         transfers_out=row[17],
         transfers_in=row[18],
+        reported_atc=row[19],
     )
 
 
@@ -276,7 +280,7 @@ class SQLiteTx(RegistryTx):
 
     def add_card(self, card: CardRecord) -> None:
         self._run(
-            f"INSERT INTO cards ({_CARD_COLUMNS}) VALUES ({', '.join('?' * 19)})",
+            f"INSERT INTO cards ({_CARD_COLUMNS}) VALUES ({', '.join('?' * 20)})",
             card.card_id,
             card.holder,
             card.issuer_key_id,

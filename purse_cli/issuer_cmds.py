@@ -236,6 +236,59 @@ def cards(home: Home, as_json: bool) -> None:
     emit(as_json, data, lines or ["no cards"])
 
 
+_STATUS_WORDS = {
+    "lost": "LOST: both cards logged it",
+    "maybe_lost": "maybe lost: waiting for the other card's report",
+    "completed": "completed: the payee got it",
+    "not_sent": "not sent: the payer never debited",
+}
+
+
+@issuer.command()
+@json_option
+@pass_home
+def transfers(home: Home, as_json: bool) -> None:
+    """Card-to-card transfers a card logged as aborted, reconciled from both sides.
+
+    Lost value (both cards logged the transfer) goes back to the payer at its
+    next online session; `restored` says when that update was applied.
+    """
+    with home.centre(clock_of(None)) as centre:
+        rows = centre.transfers()
+        cur = centre.policy.currency
+    data: list[dict[str, Any]] = []
+    for r in rows:
+        x = r.transfer
+        data.append(
+            {
+                "from": printable_id(x.from_id),
+                "from_seq": x.from_seq,
+                "to": printable_id(x.to_id),
+                "to_seq": x.to_seq,
+                "amount": x.amount,
+                "status": r.status.value,
+                "payer_logged": x.payer_logged is not None,
+                "payee_logged": x.payee_logged is not None,
+                "restored": x.restored,
+                "restore_pending": x.restore_serial is not None and not x.restored,
+            }
+        )
+    lines = []
+    for d in data:
+        restored = (
+            ", restored to the payer"
+            if d["restored"]
+            else ", restore sent"
+            if d["restore_pending"]
+            else ""
+        )
+        lines.append(
+            f"{d['from']} #{d['from_seq']} -> {d['to']} #{d['to_seq']}  "
+            f"{money(d['amount'], cur):>14}  {_STATUS_WORDS[d['status']]}{restored}"
+        )
+    emit(as_json, data, lines or ["no aborted transfers reported"])
+
+
 @issuer.command()
 @json_option
 @pass_home

@@ -23,6 +23,7 @@ from purse_cli.home import Home
 from purse_cli.issuer_cmds import issuer
 from purse_cli.output import EXIT_ERROR, Failure, Refusal
 from purse_cli.terminal_cmds import atm, pos
+from purse_cli.wallet_cmds import wallet
 from terminal.errors import Declined, TerminalError
 
 NO_ARGS_IS_HELP = click.exceptions.NoArgsIsHelpError
@@ -81,7 +82,7 @@ def cli(ctx: click.Context, home: Path) -> None:
     ctx.obj = Home(home)
 
 
-for command in (issuer, atm, pos, card, apdu, demo):
+for command in (issuer, atm, pos, wallet, card, apdu, demo):
     cli.add_command(command)
 
 

@@ -118,43 +118,67 @@ class CardSource:
         return str(self.path) if self.path is not None else f"reader {self.reader}"
 
 
+def card_source_option(
+    file_flag: str = "card", reader_flag: str = "reader", dest: str = "card", whose: str = "The"
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--FILE_FLAG FILE`` or ``--READER_FLAG NAME|INDEX``, passed as one CardSource.
+
+    The wait for a card in a reader comes from the command's ``--wait``
+    (:func:`wait_option`), shared by all its card sources.
+    """
+    path_key, reader_key = f"{dest}_path", f"{dest}_reader"
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            path, reader = kw.pop(path_key), kw.pop(reader_key)
+            if (path is None) == (reader is None):
+                raise click.UsageError(
+                    f"give {whose.lower()} card as --{file_flag} FILE or "
+                    f"--{reader_flag} NAME|INDEX (one of them)"
+                )
+            kw[dest] = CardSource(path, reader, kw["wait"])
+            return f(*args, **kw)
+
+        wrapper = click.option(
+            f"--{reader_flag}",
+            reader_key,
+            metavar="NAME|INDEX",
+            help=f"{whose} card in a PC/SC reader instead: its index in `purse apdu readers`, "
+            "its name, or a part of the name only it has.",
+        )(wrapper)
+        return click.option(
+            f"--{file_flag}",
+            path_key,
+            type=click.Path(dir_okay=False, path_type=Path),
+            help=f"{whose} card's image file (an emulated card, in this process).",
+        )(wrapper)
+
+    return decorate
+
+
+def wait_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--wait",
+        type=click.FloatRange(min=0),
+        default=10.0,
+        show_default=True,
+        help="With a reader: seconds to wait for a card.",
+    )(f)
+
+
 def card_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--card FILE`` or ``--reader NAME|INDEX`` (with ``--wait``), passed as ``card``."""
+    return card_source_option()(wait_option(_drop_wait(f)))
+
+
+def _drop_wait(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The card source has taken ``--wait``; the command itself does not."""
 
     @functools.wraps(f)
-    def wrapper(
-        *args: Any, card_path: Path | None, reader: str | None, wait: float, **kw: Any
-    ) -> Any:
-        if (card_path is None) == (reader is None):
-            raise click.UsageError(
-                "give the card as --card FILE or --reader NAME|INDEX (one of them)"
-            )
-        return f(*args, card=CardSource(card_path, reader, wait), **kw)
+    def wrapper(*args: Any, wait: float, **kw: Any) -> Any:
+        return f(*args, **kw)
 
-    for option in reversed(
-        (
-            click.option(
-                "--card",
-                "card_path",
-                type=click.Path(dir_okay=False, path_type=Path),
-                help="The card's image file (an emulated card, in this process).",
-            ),
-            click.option(
-                "--reader",
-                metavar="NAME|INDEX",
-                help="A card in a PC/SC reader instead: its index in `purse apdu readers`, "
-                "its name, or a part of the name only it has.",
-            ),
-            click.option(
-                "--wait",
-                type=click.FloatRange(min=0),
-                default=10.0,
-                show_default=True,
-                help="With --reader: seconds to wait for a card.",
-            ),
-        )
-    ):
-        wrapper = option(wrapper)
     return wrapper
 
 
