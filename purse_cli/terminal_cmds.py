@@ -71,12 +71,17 @@ def _report(result: AtmResult, as_json: bool) -> None:
         "issued_at": when(reply.issued_at),
         "expires_at": when(reply.expires_at),
         "loaded": reply.load,
+        "restored": reply.restore,
         "balance": after.balance,
         "atc": after.atc,
     }
     lines = [f"card {data['card_id']}: credential #{reply.serial} valid until {data['expires_at']}"]
     if reply.load:
         lines.append(f"loaded {money(reply.load, cur)} from the holder's account")
+    if reply.restore:
+        lines.append(
+            f"restored {money(reply.restore, cur)}: card-to-card value the issuer found lost"
+        )
     if actions & UpdateAction.UNLOCK:
         lines.append("unlocked by the issuer")
     if actions & UpdateAction.UNBLOCK_PIN:
