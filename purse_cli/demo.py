@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from apdu.clock import SetClock, parse_instant
-from apdu.purse import printable_id
+from apdu.purse import Tag, printable_id
 from apdu.purse_client import PurseClient
 from card_os.tear import PowerLoss, TearInjector
 from issuer.centre import IssuerCentre
@@ -27,6 +27,7 @@ from terminal.atm import Atm
 from terminal.errors import Declined
 from terminal.pos import Pos
 from terminal.pos_state import PosState
+from terminal.wallet import Wallet
 
 START = "2027-01-15T08:00:00Z"
 HOUR, DAY = 3_600, 86_400
@@ -77,6 +78,8 @@ class Story:
             return
         reply = result.session.reply
         loaded = f", loaded {money(reply.load)}" if reply.load else ""
+        if reply.restore:
+            loaded += f", {money(reply.restore)} of lost card-to-card value restored"
         click.echo(
             f"   ATM: {name}'s card renewed: credential #{reply.serial} until "
             f"{when(reply.expires_at)}{loaded}; balance {money(result.after.balance)}"
@@ -94,6 +97,33 @@ class Story:
         click.echo(
             f"   POS: {name} paid {money(amount)}{how}: card-signed receipt verified "
             f"(ATC {sale.atc}), balance {money(sale.balance)}"
+        )
+
+    def transfer(self, payer: str, payee: str, amount: int) -> None:
+        with self.card(payer) as paying, self.card(payee) as receiving:
+            try:
+                done = Wallet(self.clock).transfer(paying, receiving, amount)
+            except Declined as refused:
+                click.echo(f"   wallet: REFUSED: {refused}")
+                return
+        click.echo(
+            f"   wallet: {money(amount)} from {payer} to {payee}, acknowledged by both cards; "
+            f"balances {money(done.payer_balance)} and {money(done.payee_balance)}"
+        )
+
+    def cut_transfer(self, payer: str, payee: str, amount: int) -> None:
+        """A transfer whose payee is pulled out after the payer debited."""
+        with self.card(payer) as paying, self.card(payee) as receiving:
+            paying.select()
+            receiving.select()
+            asked = receiving.transfer_ask(
+                amount, paying.status().atc + 1, paying.get_data(Tag.CERTIFICATE)
+            )
+            paying.transfer_out(self.clock(), receiving.get_data(Tag.CERTIFICATE), asked)
+            left = paying.status().balance
+        click.echo(
+            f"   {payer}'s card debited {money(amount)} (balance {money(left)}); {payee}'s "
+            "card is pulled out before the value reaches it: the value is in flight"
         )
 
 
@@ -139,6 +169,21 @@ def tell(story: Story) -> None:
     story.pay("Bob", 3_500, pin=True)
     click.echo("   (a second 35.00 EUR without the PIN: above the no-PIN limit)")
     story.pay("Bob", 3_500)
+
+    story.say("In the wallet terminal, Bob's card pays Alice's card 10.00 EUR, card to card")
+    story.transfer("Bob", "Alice", 1_000)
+    story.say("Alice starts a 5.00 EUR transfer to Bob; Bob's card is pulled out midway")
+    story.cut_transfer("Alice", "Bob", 500)
+    story.say("Both cards go online: each reports the aborted transfer from its exception log")
+    story.atm_visit("Bob")
+    story.atm_visit("Alice")
+    for reconciled in story.centre.transfers():
+        x = reconciled.transfer
+        click.echo(
+            f"   issuer: transfer {printable_id(x.from_id)} -> {printable_id(x.to_id)} of "
+            f"{money(x.amount)}: {reconciled.status.value}"
+            + (", restored to the payer" if x.restore_serial is not None else "")
+        )
 
     clock.advance(8 * DAY)
     story.say("Eight days later the credential has expired; an offline POS asks Alice to pay")
@@ -224,8 +269,10 @@ def demo(home: Home, start: str) -> None:
 
     In HOME/demo (recreated at every run): an issuer on SQLite issues two
     cards in image files; an ATM renews and loads them; a POS is paid
-    offline; the clock passes the credential's expiry and the card itself
-    refuses to pay; after a renewal it pays again; a lying clock and a power
+    offline; one card pays the other in the wallet, and a transfer cut off
+    midway is restored to the payer by the issuer; the clock passes the
+    credential's expiry and the card itself refuses to pay; after a renewal
+    it pays again; a lying clock and a power
     cut change nothing; a cloned card is caught; a stolen card is locked out
     by the POS's blocklist; the POS's batch is settled.
     """

@@ -26,10 +26,15 @@ def test_demo_story_facts(tmp_path: Path) -> None:
     # offline payments with verified receipts; the PIN rule holds
     assert out.count("card-signed receipt verified") == 3
     assert "6982" in out
+    # card to card: one transfer acknowledged; one cut off midway, lost, restored to the payer
+    assert "10.00 EUR from Bob to Alice, acknowledged by both cards" in out
+    assert "the value is in flight" in out
+    assert "5.00 EUR of lost card-to-card value restored; balance 205.50 EUR" in out
+    assert "of 5.00 EUR: lost, restored to the payer" in out
     # the card itself refuses after expiry, and nothing is debited
-    assert re.search(r"9C02: purse: credential expired.*balance stays 195\.50 EUR", out)
+    assert re.search(r"9C02: purse: credential expired.*balance stays 205\.50 EUR", out)
     # the lying clock and the power cut change nothing
-    assert re.search(r"9C03: .*time mark; balance stays 192\.50 EUR", out)
+    assert re.search(r"9C03: .*time mark; balance stays 202\.50 EUR", out)
     assert "unchanged: the payment never happened" in out
     # the stolen card is locked out by the POS's blocklist, and by the ATM
     assert "blocklist version 1" in out
@@ -39,8 +44,8 @@ def test_demo_story_facts(tmp_path: Path) -> None:
     assert "3 receipts accepted, 0 refused, 42.50 EUR credited" in out
     # the clone is caught by its counter going back
     assert re.search(r"card counter \d+ is not above the \d+ already seen", out)
-    assert re.search(r"Alice +card P0000001 ACTIVE +balance +192\.50 EUR +shadow +192\.50", out)
-    assert re.search(r"Bob +card P0000002 LOCKED +balance +65\.00 EUR .*stolen", out)
+    assert re.search(r"Alice +card P0000001 ACTIVE +balance +202\.50 EUR +shadow +202\.50", out)
+    assert re.search(r"Bob +card P0000002 LOCKED +balance +55\.00 EUR +shadow +55.*stolen", out)
     assert "1 clone flagged" in out
 
 
