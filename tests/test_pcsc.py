@@ -30,7 +30,6 @@ What is checked:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -40,16 +39,13 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
 from apdu.atr import build_atr
 from apdu.command import CommandApdu
@@ -63,11 +59,20 @@ from card_os.image import ImageFile
 from card_os.purse import PurseApplet
 from card_os.tear import TearInjector
 from card_os.vpcd import VPCD_HOST, VpcdBridge, slot_port
-from purse_cli.main import cli
+from tests.cli_kit import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    fails,
+    ok,
+    ok_json,
+    run,
+    seconds,
+    snapshot,
+)
 from tests.pcsc_kit import READERS, PcscStack, served, wait_for_slot
 from tests.purse_kit import NONCE, PIN, T0, TERMINAL_ID, funded_rig, reopen
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 
 # the times of tests/test_cli.py: the default policy gives a 7-day credential
 C_T0 = "2026-11-30T08:00:00Z"  # set-up: issue, deposit, load, sync
@@ -93,51 +98,6 @@ PURSE: list[str] = (
     if _PURSE_SCRIPT.exists()
     else [sys.executable, "-c", "from purse_cli.main import main; main()"]
 )
-
-
-def seconds(iso: str) -> int:
-    return int(datetime.fromisoformat(iso).timestamp())
-
-
-# the CLI in this process ---------------------------------------------------------------
-def run(args: Sequence[str], home: Path | None, *, stdin: str | None = None) -> Result:
-    """``purse [--home HOME] ARGS``; a Python exception escaping the command fails the test."""
-    argv = (["--home", str(home)] if home is not None else []) + list(args)
-    result = CliRunner().invoke(cli, argv, input=stdin, prog_name="purse")
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        trace = "".join(traceback.format_exception(result.exception))
-        raise AssertionError(f"purse {' '.join(argv)} crashed:\n{trace}")
-    return result
-
-
-def ok(args: Sequence[str], home: Path | None, **kwargs: Any) -> str:
-    result = run(args, home, **kwargs)
-    assert result.exit_code == EXIT_OK, (result.exit_code, result.stdout, result.stderr)
-    assert result.stderr == ""
-    return result.stdout
-
-
-def ok_json(args: Sequence[str], home: Path | None) -> Any:
-    return json.loads(ok([*args, "--json"], home))
-
-
-def fails(result: Result, code: int) -> str:
-    """The one ``purse: ...`` line on stderr of a command that failed with ``code``."""
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("purse: "), lines
-    return lines[0]
-
-
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every file (its bytes) and folder (None) under ``root``."""
-    return {
-        str(p.relative_to(root)): p.read_bytes() if p.is_file() else None
-        for p in sorted(root.rglob("*"))
-    }
 
 
 def show(card: Path, home: Path) -> dict[str, Any]:
