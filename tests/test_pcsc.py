@@ -547,6 +547,32 @@ def test_two_cards_in_two_readers_move_independently(pcsc: PcscStack, tmp_path: 
     assert (settled["accepted"], settled["credited"]) == (3, 1750)
 
 
+def test_wallet_transfer_between_the_two_readers(pcsc: PcscStack, tmp_path: Path) -> None:
+    """The patent's fig. 2 over PC/SC: the payer in slot 0, the payee in slot 1."""
+    home = tmp_path / "home"
+    alice, bob = tmp_path / "alice.img", tmp_path / "bob.img"
+    ok(["issuer", "init", "--now", C_T0], home)
+    for image, holder in ((alice, "Alice"), (bob, "Bob")):
+        ok(["card", "new", str(image)], home)
+        issue = ["issuer", "issue", "--card", str(image), "--holder", holder, "--pin", "1234"]
+        ok([*issue, "--now", C_T0], home)
+    ok(["issuer", "deposit", "Alice", "500.00", "--now", C_T0], home)
+    load = ["atm", "load", "--amount", "100.00", "--card", str(alice), "--pin", "1234"]
+    ok([*load, "--now", C_T0], home)
+    with serving(home, alice, 0) as alice_server, serving(home, bob, 1) as bob_server:
+        move = ["wallet", "transfer", "--from-reader", index_of(0), "--to-reader", READERS[1]]
+        done = ok_json([*move, "--amount", "7.00", "--now", C_PAY], home)
+        assert (done["from"], done["to"], done["amount"]) == ("P0000001", "P0000002", 700)
+        assert (done["payer_balance"], done["payee_balance"]) == (9300, 700)
+        assert alice_server.stop() == EXIT_OK
+        assert bob_server.stop() == EXIT_OK
+    a_facts, b_facts = show(alice, home), show(bob, home)
+    assert (a_facts["balance"], b_facts["balance"]) == (9300, 700)
+    assert a_facts["history"][0]["kind"] == "transfer_out"
+    assert b_facts["history"][0]["kind"] == "transfer_in"
+    assert b_facts["history"][0]["counterparty"] == "P0000001"
+
+
 # 6. PcscTransport itself ---------------------------------------------------------------------
 def test_transport_prefers_t1_and_reports_the_cards_atr(pcsc: PcscStack) -> None:
     card = idle_rig_card()
