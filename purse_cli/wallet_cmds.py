@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 
 import click
@@ -21,6 +22,16 @@ from purse_cli.params import (
     wait_option,
 )
 from terminal.wallet import Wallet
+
+
+def _same_card(one: CardSource, other: CardSource) -> bool:
+    """The same file (under any name: relative, absolute, a link) or the same reader text."""
+    if one.path is not None and other.path is not None:
+        try:
+            return os.path.samefile(one.path, other.path)
+        except OSError:  # a missing file: the open says so
+            return one.path.resolve() == other.path.resolve()
+    return one.reader is not None and one.reader == other.reader
 
 
 @click.group()
@@ -54,7 +65,7 @@ def transfer(
     in flight is kept in both cards' exception logs, and the issuer gives lost
     value back to the payer at its next online session.
     """
-    if payer == payee:
+    if _same_card(payer, payee):
         raise click.UsageError("the paying and the receiving card must differ")
     clock = clock_of(now)
     with ExitStack() as stack:

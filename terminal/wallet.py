@@ -24,7 +24,7 @@ from apdu.errors import TransportError
 from apdu.purse import Tag
 from apdu.purse_client import PurseClient
 from apdu.status import CardError
-from terminal.errors import Declined
+from terminal.errors import Declined, TerminalError
 from terminal.session import card_step
 
 
@@ -51,15 +51,24 @@ _AFTERMATH = {
 }
 
 
-class TransferFailed(Declined):
-    """A transfer that stopped at ``step``; the message says what became of the value."""
+def _stopped(step: Step, cause: Exception) -> str:
+    return f"transfer stopped at {step.value}: {cause}; {_AFTERMATH[step]}"
 
-    def __init__(self, step: Step, cause: Exception) -> None:
-        sw = cause.sw if isinstance(cause, CardError) else None
-        reason = f"card_{sw:04x}" if sw is not None else "transport"
-        super().__init__(reason, f"transfer stopped at {step.value}: {cause}; {_AFTERMATH[step]}")
+
+class TransferFailed(Declined):
+    """A card refused a step (``sw``); the message says what became of the value."""
+
+    def __init__(self, step: Step, cause: CardError) -> None:
+        super().__init__(f"card_{cause.sw:04x}", _stopped(step, cause), cause.sw)
         self.step = step
-        self.sw = sw
+
+
+class TransferInterrupted(TerminalError):
+    """The link to a card failed at ``step`` (a card pulled out, a reader gone)."""
+
+    def __init__(self, step: Step, cause: TransportError) -> None:
+        super().__init__(_stopped(step, cause))
+        self.step = step
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +112,10 @@ class Wallet:
             payer.transfer_ack(ack)
             step = Step.READ
             after_payer, after_payee = payer.status(), payee.status()
-        except (CardError, TransportError) as err:
+        except CardError as err:
             raise TransferFailed(step, err) from None
+        except TransportError as err:
+            raise TransferInterrupted(step, err) from None
         return TransferResult(
             from_id=after_payer.card_id,
             to_id=after_payee.card_id,

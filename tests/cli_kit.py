@@ -51,29 +51,40 @@ def ok_json(args: Sequence[str], home: Path | None) -> Any:
     return json.loads(ok([*args, "--json"], home))
 
 
-def fails(result: Result, code: int) -> str:
-    """The one line that tells why ``result`` failed with exit ``code``.
-
-    Every failure, usage errors (2) included, is exactly one ``purse: ...``
-    line on stderr. Never a traceback, and nothing on stdout.
-    """
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+def one_line(result: Result) -> str:
+    """The single ``purse: ...`` line of a failure: nothing on stdout, no traceback."""
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
     lines = result.stderr.splitlines()
-    if code == EXIT_USAGE:
-        assert "--help" in lines[-1], lines  # says where to look
     assert len(lines) == 1, lines
     assert lines[0].startswith("purse: "), lines
     return lines[0]
 
 
+def fails(result: Result, code: int) -> str:
+    """The one line that tells why ``result`` failed with exit ``code``.
+
+    Every failure, usage errors (2) included, is exactly one ``purse: ...``
+    line on stderr, never a traceback, and nothing on stdout; a usage error
+    says where to look (``--help``).
+    """
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    line = one_line(result)
+    if code == EXIT_USAGE:
+        assert "--help" in line, line
+    return line
+
+
 def snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every file (its bytes) and folder (None) under ``root``."""
-    return {
-        str(p.relative_to(root)): p.read_bytes() if p.is_file() else None
-        for p in sorted(root.rglob("*"))
-    }
+    """Every file (its bytes; a symlink by its target) and folder (None) under ``root``."""
+    out: dict[str, bytes | None] = {}
+    for p in sorted(root.rglob("*")):
+        key = str(p.relative_to(root))
+        if p.is_symlink():
+            out[key] = b"-> " + str(p.readlink()).encode()
+        else:
+            out[key] = p.read_bytes() if p.is_file() else None
+    return out
 
 
 def show(card: Path, home: Path) -> dict[str, Any]:
