@@ -95,13 +95,17 @@ class PurseCore(Applet):
         except MalformedObject:
             raise CardError(SW.WRONG_DATA, "not a signed object") from None
 
-    def _open_for_me(self, raw: bytes, kind: ObjectKind, body: type[Addressed]) -> Addressed:
-        """Open an issuer-signed object, decode its body, and check it names this card."""
+    def _open_body(self, raw: bytes, kind: ObjectKind, body: type[Addressed]) -> Addressed:
+        """Open an issuer-signed object and decode its body (``6A80`` if it is not one)."""
         env = self._open(raw, kind)
         try:
-            decoded = body.decode(env.body)
+            return body.decode(env.body)
         except MalformedObject:
             raise CardError(SW.WRONG_DATA) from None
+
+    def _open_for_me(self, raw: bytes, kind: ObjectKind, body: type[Addressed]) -> Addressed:
+        """Open an issuer-signed object, decode its body, and check it names this card."""
+        decoded = self._open_body(raw, kind, body)
         if decoded.card_id != self.state.card_id:
             raise CardError(SW.WRONG_CARD)
         return decoded

@@ -62,11 +62,7 @@ class TransferCommands(PurseCore):
     # shared checks ---------------------------------------------------------------
     def _other_card(self, raw_certificate: bytes) -> CardCertificate:
         """The other card's certificate, issuer-signed, for a card that is not this one."""
-        cert = self._open(raw_certificate, ObjectKind.CARD_CERTIFICATE)
-        try:
-            decoded = CardCertificate.decode(cert.body)
-        except MalformedObject:
-            raise CardError(SW.WRONG_DATA, "not a card certificate") from None
+        decoded = self._open_body(raw_certificate, ObjectKind.CARD_CERTIFICATE, CardCertificate)
         if decoded.card_id == self.state.card_id:
             raise CardError(SW.WRONG_DATA, "a card does not transfer to itself")
         return decoded
