@@ -58,26 +58,35 @@ def _u32(code: int) -> int:
     return code & 0xFFFFFFFF
 
 
+# PC/SC return codes (pcsc-lite's pcsclite.h) this module acts on by name
+E_TIMEOUT = 0x8010000A
+E_SHARING_VIOLATION = 0x8010000B
+E_NO_SMARTCARD = 0x8010000C
+E_NO_READERS_AVAILABLE = 0x8010002E
+W_UNRESPONSIVE_CARD = 0x80100066
+W_UNPOWERED_CARD = 0x80100067
+W_REMOVED_CARD = 0x80100069
+
 # What each PC/SC return code means for a person at a terminal.
 _MEANINGS = {
     0x8010001D: "the PC/SC service is not running (start pcscd)",
     0x8010001E: "the PC/SC service stopped",
-    0x8010002E: "no PC/SC readers are connected",
+    E_NO_READERS_AVAILABLE: "no PC/SC readers are connected",
     0x80100009: "no such reader",
     0x80100017: "the reader is unavailable (unplugged?)",
-    0x8010000B: "the card is in use by another program (exclusive connection refused)",
-    0x8010000C: "no card in the reader",
-    0x80100069: "the card was removed",
-    0x80100066: "the card does not answer (mute)",
-    0x80100067: "the card is not powered",
+    E_SHARING_VIOLATION: "the reader is busy: another program holds the card",
+    E_NO_SMARTCARD: "no card in the reader",
+    W_REMOVED_CARD: "the card was removed",
+    W_UNRESPONSIVE_CARD: "the card does not answer (mute)",
+    W_UNPOWERED_CARD: "the card is not powered",
     0x80100068: "the card was reset by another program",
-    0x8010000A: "timed out",
+    E_TIMEOUT: "timed out",
     0x80100016: "the exchange with the card failed",
     0x8010000F: "the card offers no protocol the reader can use",
     0x80100002: "cancelled",
     0x80100008: "the answer did not fit the buffer",
 }
-_NO_CARD = frozenset((0x8010000C, 0x80100069, 0x80100066, 0x80100067))
+_NO_CARD = frozenset((E_NO_SMARTCARD, W_REMOVED_CARD, W_UNRESPONSIVE_CARD, W_UNPOWERED_CARD))
 
 
 def _check(hresult: int, doing: str) -> None:
@@ -113,7 +122,7 @@ class Context:
 
     def readers(self) -> list[str]:
         hresult, names = self.scard.SCardListReaders(self.handle, [])
-        if _u32(hresult) == 0x8010002E:
+        if _u32(hresult) == E_NO_READERS_AVAILABLE:
             return []
         _check(hresult, "listing readers")
         return list(names)
@@ -125,7 +134,7 @@ class Context:
         scard = self.scard
         current = scard.SCARD_STATE_UNAWARE if known is None else known
         hresult, states = scard.SCardGetStatusChange(self.handle, timeout_ms, [(reader, current)])
-        if _u32(hresult) == 0x8010000A:  # timed out: nothing changed
+        if _u32(hresult) == E_TIMEOUT:  # nothing changed
             return current, b""
         _check(hresult, f"reading the state of {reader!r}")
         _name, flags, atr = states[0]
@@ -237,12 +246,6 @@ class PcscTransport:
         return self._atr
 
     def _connected(self, hresult: int, handle: Any, protocol: int, doing: str) -> None:
-        if _u32(hresult) == 0x8010000B:
-            raise PcscError(
-                f"{doing}: reader {self.reader!r} is busy: another program holds the card "
-                f"(PC/SC {_u32(hresult):08X})",
-                _u32(hresult),
-            )
         _check(hresult, f"{doing} in {self.reader!r}")
         scard = self.context.scard
         self._card = handle
