@@ -51,15 +51,28 @@ _AFTERMATH = {
 }
 
 
-def _stopped(step: Step, cause: Exception) -> str:
-    return f"transfer stopped at {step.value}: {cause}; {_AFTERMATH[step]}"
+# A link that fails mid-command leaves unknown whether the card ran it: only its
+# answer may have been lost. The cards' logs still account for the value.
+_UNKNOWN = {
+    Step.SEND: "nothing moved, unless the payer debited before its answer was lost: then the "
+    "value is in flight, both cards log it at their next transaction, and the issuer "
+    "restores it to the payer once both logs reach it",
+    Step.RECEIVE: "the payer has debited; the value is in flight unless the payee credited "
+    "before its answer was lost. The payer logs the open transfer (and so does the payee if "
+    "it did not credit), and the issuer reconciles the logs: completed, or lost and restored "
+    "to the payer",
+}
+
+
+def _stopped(step: Step, cause: Exception, aftermath: str) -> str:
+    return f"transfer stopped at {step.value}: {cause}; {aftermath}"
 
 
 class TransferFailed(Declined):
     """A card refused a step (``sw``); the message says what became of the value."""
 
     def __init__(self, step: Step, cause: CardError) -> None:
-        super().__init__(f"card_{cause.sw:04x}", _stopped(step, cause), cause.sw)
+        super().__init__(f"card_{cause.sw:04x}", _stopped(step, cause, _AFTERMATH[step]), cause.sw)
         self.step = step
 
 
@@ -67,7 +80,7 @@ class TransferInterrupted(TerminalError):
     """The link to a card failed at ``step`` (a card pulled out, a reader gone)."""
 
     def __init__(self, step: Step, cause: TransportError) -> None:
-        super().__init__(_stopped(step, cause))
+        super().__init__(_stopped(step, cause, _UNKNOWN.get(step, _AFTERMATH[step])))
         self.step = step
 
 
