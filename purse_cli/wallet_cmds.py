@@ -72,13 +72,14 @@ def transfer(
         paying = stack.enter_context(connect(payer))
         receiving = stack.enter_context(connect(payee))
         result = Wallet(clock).transfer(paying, receiving, amount, pin)
-    cur = result.currency
+    done = result.transfer
+    cur = done.currency
     data = {
-        "from": printable_id(result.from_id),
-        "to": printable_id(result.to_id),
+        "from": printable_id(done.from_id),
+        "to": printable_id(done.to_id),
         "amount": amount,
-        "from_seq": result.from_seq,
-        "to_seq": result.to_seq,
+        "from_seq": done.from_seq,
+        "to_seq": done.to_seq,
         "payer_balance": result.payer_balance,
         "payee_balance": result.payee_balance,
         "time": when(clock()),
@@ -88,7 +89,7 @@ def transfer(
         data,
         [
             f"transferred {money(amount, cur)} from {data['from']} to {data['to']} "
-            f"(sequence {result.from_seq} -> {result.to_seq}), acknowledged",
+            f"(sequence {done.from_seq} -> {done.to_seq}), acknowledged",
             f"balances: {data['from']} {money(result.payer_balance, cur)}, "
             f"{data['to']} {money(result.payee_balance, cur)}",
         ],

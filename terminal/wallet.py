@@ -21,7 +21,7 @@ from enum import StrEnum
 
 from apdu.clock import Clock, system_clock
 from apdu.errors import TransportError
-from apdu.purse import Tag
+from apdu.purse import Tag, Transfer
 from apdu.purse_client import PurseClient
 from apdu.status import CardError
 from terminal.errors import Declined, TerminalError
@@ -86,12 +86,7 @@ class TransferInterrupted(TerminalError):
 
 @dataclass(frozen=True, slots=True)
 class TransferResult:
-    from_id: bytes
-    to_id: bytes
-    amount: int
-    currency: int
-    from_seq: int
-    to_seq: int
+    transfer: Transfer  # what both cards signed
     payer_balance: int
     payee_balance: int
 
@@ -130,12 +125,14 @@ class Wallet:
         except TransportError as err:
             raise TransferInterrupted(step, err) from None
         return TransferResult(
-            from_id=after_payer.card_id,
-            to_id=after_payee.card_id,
-            amount=amount,
-            currency=after_payer.currency,
-            from_seq=before.atc + 1,
-            to_seq=after_payee.atc - 1,
+            Transfer(
+                from_id=after_payer.card_id,
+                to_id=after_payee.card_id,
+                amount=amount,
+                currency=after_payer.currency,
+                from_seq=before.atc + 1,
+                to_seq=after_payee.atc - 1,
+            ),
             payer_balance=after_payer.balance,
             payee_balance=after_payee.balance,
         )

@@ -394,12 +394,14 @@ def test_wallet_transfer_agrees_with_the_cards(world: World) -> None:
     a0, b0, atc_a, atc_b = balance(a), balance(b), atc(a), atc(b)
     result = w.transfer(b, a, 700)  # Bob pays Alice
     assert result == TransferResult(
-        from_id=b.card_id,
-        to_id=a.card_id,
-        amount=700,
-        currency=EUR,
-        from_seq=atc_b + 1,
-        to_seq=atc_a + 1,
+        Transfer(
+            from_id=b.card_id,
+            to_id=a.card_id,
+            amount=700,
+            currency=EUR,
+            from_seq=atc_b + 1,
+            to_seq=atc_a + 1,
+        ),
         payer_balance=b0 - 700,
         payee_balance=a0 + 700,
     )
@@ -408,18 +410,18 @@ def test_wallet_transfer_agrees_with_the_cards(world: World) -> None:
     out, into = newest_record(b), newest_record(a)
     assert (out.kind, out.atc, out.counterparty) == (
         HistoryKind.TRANSFER_OUT,
-        result.from_seq,
+        result.transfer.from_seq,
         a.card_id,
     )
     assert (into.kind, into.atc, into.counterparty) == (
         HistoryKind.TRANSFER_IN,
-        result.to_seq + 1,
+        result.transfer.to_seq + 1,
         b.card_id,
     )
     # above the no-PIN limit the wallet needs the payer's PIN
     big = POLICY.no_pin_limit + 1
     result = w.transfer(a, b, big)
-    assert result.amount == big
+    assert result.transfer.amount == big
     assert result.payer_balance == a0 + 700 - big
 
 
