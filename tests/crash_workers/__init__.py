@@ -1,0 +1,1 @@
+"""Child processes that tests/test_crash.py starts and kills with SIGKILL."""
