@@ -40,10 +40,16 @@ class CommandApdu:
     extended: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("cla", "ins", "p1", "p2"):
-            value = getattr(self, name)
-            if not 0 <= value <= 0xFF:
-                raise MalformedApdu(f"{name.upper()} {value} is not a byte")
+        if not (
+            0 <= self.cla <= 0xFF
+            and 0 <= self.ins <= 0xFF
+            and 0 <= self.p1 <= 0xFF
+            and 0 <= self.p2 <= 0xFF
+        ):
+            for name in ("cla", "ins", "p1", "p2"):
+                value = getattr(self, name)
+                if not 0 <= value <= 0xFF:
+                    raise MalformedApdu(f"{name.upper()} {value} is not a byte")
         nc = len(self.data)
         ne = self.ne
         if ne is not None and not 1 <= ne <= EXTENDED_MAX_NE:

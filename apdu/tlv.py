@@ -103,10 +103,24 @@ def _read_tag(stream: IO[bytes]) -> int:
     raise TlvError(f"tag {tag:X}... is longer than {MAX_TAG_BYTES} bytes")
 
 
+_TAG_CACHE: dict[int, bytes] = {}
+_TAG_CACHE_SIZE: Final = 4096  # distinct valid tags remembered (cards use a few dozen)
+
+
 def tag_bytes(tag: int) -> bytes:
     """The bytes of ``tag``; :class:`TlvError` unless it is a tag as this module reads them."""
     if isinstance(tag, bool) or not isinstance(tag, int):
         raise TlvError(f"a tag is an int, not {type(tag).__name__}")
+    cached = _TAG_CACHE.get(tag)
+    if cached is not None:
+        return cached
+    raw = _checked_tag_bytes(tag)
+    if len(_TAG_CACHE) < _TAG_CACHE_SIZE:
+        _TAG_CACHE[int(tag)] = raw
+    return raw
+
+
+def _checked_tag_bytes(tag: int) -> bytes:
     if not 0 < tag < 1 << (8 * MAX_TAG_BYTES):
         raise TlvError(f"tag {tag:#x} is out of range (1 to {MAX_TAG_BYTES} bytes)")
     raw = tag.to_bytes((tag.bit_length() + 7) // 8, "big")
@@ -235,27 +249,35 @@ class Tlv:
 
     def __post_init__(self) -> None:
         constructed = is_constructed(self.tag)  # validates the tag
-        value: object = self.value
-        name = f"tag {self.tag:X}"
+        given: object = self.value
+        value = given
         if constructed:
             if isinstance(value, list):
                 value = tuple(value)
             if not isinstance(value, tuple):
                 kind = type(value).__name__
-                raise TlvError(f"{name} is constructed: its value is a tuple of Tlv, not {kind}")
+                raise TlvError(
+                    f"{self._name} is constructed: its value is a tuple of Tlv, not {kind}"
+                )
             for child in value:
                 if not isinstance(child, Tlv):
-                    raise TlvError(f"{name}: a child is a {type(child).__name__}, not a Tlv")
+                    kind = type(child).__name__
+                    raise TlvError(f"{self._name}: a child is a {kind}, not a Tlv")
             if _height(value) > MAX_DEPTH:
-                raise TlvError(f"{name}: TLVs nested deeper than {MAX_DEPTH} levels")
+                raise TlvError(f"{self._name}: TLVs nested deeper than {MAX_DEPTH} levels")
         else:
             if isinstance(value, bytearray | memoryview):
                 value = bytes(value)
             if not isinstance(value, bytes):
                 raise TlvError(
-                    f"{name} is primitive: its value is bytes, not {type(value).__name__}"
+                    f"{self._name} is primitive: its value is bytes, not {type(value).__name__}"
                 )
-        object.__setattr__(self, "value", value)
+        if value is not given:
+            object.__setattr__(self, "value", value)
+
+    @property
+    def _name(self) -> str:
+        return f"tag {self.tag:X}"
 
     @classmethod
     def primitive(cls, tag: int, value: bytes) -> Tlv:
@@ -286,22 +308,19 @@ class Tlv:
         return self.value
 
     def encode(self) -> bytes:
-        """The full encoding: tag, minimal length, value."""
-        return _wrap_build(BerTlv, self)
+        """The full encoding: tag, minimal length, value.
+
+        The bytes :data:`BerTlv` builds, assembled directly: the same helpers write
+        the tag and the length, without construct's generic machinery per call.
+        """
+        value = self.value_bytes
+        return tag_bytes(self.tag) + length_bytes(len(value)) + value
 
     def __bytes__(self) -> bytes:
         return self.encode()
 
     def __repr__(self) -> str:
         return f"Tlv(0x{self.tag:X}, {self.value!r})"
-
-
-def _wrap_build(con: Any, obj: object) -> bytes:
-    try:
-        data: bytes = con.build(obj)
-    except construct.ConstructError as exc:
-        raise TlvError(f"cannot encode: {exc}") from exc
-    return data
 
 
 # --------------------------------------------------------------------------- parsing
@@ -322,17 +341,18 @@ def _describe_truncation(stream: IO[bytes], start: int) -> str:
 
 def _parse_tlv(stream: IO[bytes], level: int) -> Tlv:
     start = stream.tell()
-    where = f"offset {start}"
     if level > MAX_DEPTH:
-        raise TlvError(f"{where}: TLVs nested deeper than {MAX_DEPTH} levels")
+        raise TlvError(f"offset {start}: TLVs nested deeper than {MAX_DEPTH} levels")
+    # the frame TlvStruct declares, read with its own field readers (construct's
+    # generic Struct/Prefixed parse cost more than the whole rest of a TLV)
     try:
-        frame = TlvStruct.parse_stream(stream)
+        tag = _read_tag(stream)
+        length = _read_length(stream)
     except TlvError as exc:
-        raise TlvError(f"{where}: {exc}") from None
-    except construct.ConstructError as exc:
-        raise TlvError(f"{where}: {_describe_truncation(stream, start)}") from exc
-    tag: int = frame.tag
-    value: bytes = frame.value
+        raise TlvError(f"offset {start}: {exc}") from None
+    value = _read(stream, length)
+    if len(value) != length:
+        raise TlvError(f"offset {start}: {_describe_truncation(stream, start)}")
     if not is_constructed(tag):
         return Tlv(tag, value)
     value_at = stream.tell() - len(value)
