@@ -15,18 +15,24 @@ import copy
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from apdu import blocklist
 from apdu.blocklist import (
+    ORDER_LEN,
     BlocklistFile,
     BlocklistRefused,
     BlocklistRollback,
+    LockOrders,
     TrustedBlocklist,
+    build_blocklist,
     lock_order_card,
+    verify_blocklist,
 )
 from apdu.purse import CARD_ID_LEN, BlocklistHeader, LifeCycle
 from apdu.signed import (
@@ -40,6 +46,7 @@ from apdu.signed import (
     key_id_of,
     parse_envelope,
     public_bytes,
+    public_keys,
     seal,
 )
 from apdu.status import SW, CardError
@@ -391,3 +398,99 @@ def test_blocklist_file_decode_accepts_only_canonical_bytes(raw: bytes) -> None:
     except MalformedObject:
         return
     assert parsed.encode() == raw
+
+
+# the terminal's compact lock orders ------------------------------------------------------
+CARD_IDS = st.binary(min_size=CARD_ID_LEN, max_size=CARD_ID_LEN)
+
+
+def fake_order(card_id: bytes, salt: int) -> bytes:
+    """95 bytes standing for a lock order (LockOrders does not look inside what it holds)."""
+    return bytes([salt]) * (ORDER_LEN - CARD_ID_LEN) + card_id
+
+
+def orders_of(salts: dict[bytes, int]) -> dict[bytes, bytes]:
+    return {card_id: fake_order(card_id, salt) for card_id, salt in salts.items()}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    base=st.dictionaries(CARD_IDS, st.integers(0, 255), max_size=12),
+    added=st.dictionaries(CARD_IDS, st.integers(0, 255), max_size=8),
+    in_place=st.booleans(),
+    data=st.data(),
+)
+def test_lock_orders_behave_as_the_dict_they_replace(
+    base: dict[bytes, int], added: dict[bytes, int], in_place: bool, data: st.DataObject
+) -> None:
+    held_dict = orders_of(base)
+    held = LockOrders.from_mapping(held_dict)
+    assert held == held_dict
+    assert list(held) == sorted(held_dict)
+    assert len(held) == len(held_dict)
+    for card_id, order in held_dict.items():
+        assert (held[card_id], held.get(card_id), card_id in held) == (order, order, True)
+    known = st.sampled_from(sorted(base)) if base else CARD_IDS
+    removed = data.draw(st.lists(known | CARD_IDS | st.sampled_from(sorted(added) or [b"x"])))
+    for odd in (b"", b"short", bytes(9), bytearray(8), 7):
+        assert odd not in held
+        assert held.get(odd) is None  # type: ignore[arg-type]
+    for card_id in (*removed, *added):
+        assert (card_id in held, held.get(card_id)) == (
+            card_id in held_dict,
+            held_dict.get(card_id),
+        )
+    expected = dict(held_dict)
+    for card_id in removed:
+        expected.pop(card_id, None)
+    expected.update(orders_of(added))
+    # a delta's changes, applied in place (few) or by one merge (many)
+    with mock.patch.object(blocklist, "_SMALL_CHANGE", 10_000 if in_place else 0):
+        changed = held.updated(removed, LockOrders.from_mapping(orders_of(added)))
+    assert changed == expected
+    assert dict(changed.items()) == expected
+    assert list(changed) == sorted(expected)
+    assert held == held_dict  # the held lock orders are not changed
+    assert copy.deepcopy(changed) == changed
+
+
+def signed_list(key: IssuerKey, orders: list[bytes], version: int = 3) -> bytes:
+    return build_blocklist(key.sign, version, 0, 100, orders)
+
+
+def test_a_list_out_of_card_id_order_holds_the_same_lock_orders() -> None:
+    key = IssuerKey.generate()
+    keys = public_keys({key.key_id: key.public})
+    card_ids = [bytes([9 - n]) * CARD_ID_LEN for n in range(6)]  # descending
+    orders = [key.lock_order(card_id, 50, 1, 2) for card_id in card_ids]
+    checked = verify_blocklist(signed_list(key, orders), keys)
+    assert checked.added == dict(zip(card_ids, orders, strict=True))
+    assert list(checked.added) == sorted(card_ids)
+    trusted = holding(signed_list(key, orders[::-1]), keys)
+    assert trusted.orders == checked.added
+    assert trusted.lock_order(card_ids[2]) == orders[2]
+    assert trusted.lock_order(b"P0000009") is None
+
+
+def relabelled(order: bytes, kind: ObjectKind) -> bytes:
+    return order[:3] + bytes([kind]) + order[4:]
+
+
+def test_a_signed_list_of_wrong_entries_is_refused_and_says_which() -> None:
+    key = IssuerKey.generate()
+    keys = public_keys({key.key_id: key.public})
+    first, second = (key.lock_order(c, 50, 1, 2) for c in (b"P0000001", b"P0000002"))
+    again = key.lock_order(b"P0000001", 60, 2, 3)
+    later = key.lock_order(b"P0000003", 50, 1, 4)
+    credential_sized = key.sign(ObjectKind.LOCK_ORDER, bytes(30))
+    cases: list[tuple[list[bytes], type[SignedObjectError], str]] = [
+        ([first, second, again], BlocklistRefused, "card 5030303030303031 listed twice"),
+        ([first, later], BlocklistRefused, "later list version"),
+        ([first, relabelled(second, ObjectKind.CREDENTIAL)], MalformedObject, "not a lock order"),
+        ([first, credential_sized], MalformedObject, "LockOrder"),
+        ([first, second[:-1]], MalformedObject, "truncated"),
+    ]
+    for orders, error, match in cases:
+        with pytest.raises(error, match=match):
+            verify_blocklist(signed_list(key, orders), keys)
+    assert len(verify_blocklist(signed_list(key, [first, second]), keys).added) == 2
