@@ -21,8 +21,6 @@ Target (DESIGN.md section 9): median <= 0.3 ms, within 1.5x of the floor.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +38,7 @@ from apdu.clock import SetClock  # noqa: E402
 from apdu.pcsc import PcscTransport  # noqa: E402
 from apdu.purse import PURSE_AID  # noqa: E402
 from bench.common import machine, median_p99_ms  # noqa: E402
+from bench.vicc import vicc_environment  # noqa: E402
 from card_os.card import DEFAULT_ATR  # noqa: E402
 from card_os.vpcd import VPCD_HOST, VPCD_PORT, Control, LinkClosed, VpcdLink  # noqa: E402
 from tests.pcsc_kit import READERS, StackMissing, start_stack, wait_for_slot  # noqa: E402
@@ -47,8 +46,6 @@ from tests.pcsc_kit import READERS, StackMissing, start_stack, wait_for_slot  # 
 SELECT_PURSE = bytes.fromhex("00A4040008") + PURSE_AID
 GET_BALANCE = bytes.fromhex("00CADF0300")
 GET_CHALLENGE = bytes.fromhex("0084000008")
-VICC_MODULES = Path("/usr/lib/python3/site-packages/virtualsmartcard")
-VICC_DEPS = ROOT / ".bench-cache" / "vicc"
 T0 = 1_800_000_000
 
 
@@ -131,25 +128,6 @@ def issued_card(folder: Path) -> Path:
     finally:
         centre.close()
     return path
-
-
-def vicc_environment() -> tuple[dict[str, str] | None, str]:
-    """The environment in which ``vicc`` runs here, or None and the reason it cannot."""
-    vicc = shutil.which("vicc")
-    if vicc is None:
-        return None, "vicc is not installed (Debian package vsmartcard-vpicc)"
-    if not VICC_MODULES.is_dir():
-        return None, f"vicc's modules are not in {VICC_MODULES}"
-    probe = [sys.executable, "-c", "import Crypto.Cipher"]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(VICC_MODULES), str(VICC_DEPS)])
-    if subprocess.run(probe, env=env, capture_output=True, check=False).returncode != 0:
-        print(f"installing pycryptodome for vicc into {VICC_DEPS} ...", flush=True)
-        install = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(VICC_DEPS)]
-        done = subprocess.run([*install, "pycryptodome"], capture_output=True, check=False)
-        if done.returncode != 0:
-            return None, "pycryptodome could not be installed for vicc (offline?)"
-    return env, ""
 
 
 def main() -> None:
