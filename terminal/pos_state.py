@@ -2,12 +2,16 @@
 
 Saved as one JSON file (hex at this edge), written atomically. The blocklist
 is kept as the signed files the terminal received (the full list and the
-deltas after it), and re-verified when the state is loaded, so a file edited
-on disk cannot unlist a card.
+deltas after it), as they came, in a folder beside the JSON file
+(``<ID>.blocklist/<sha256>.bin``, named by their SHA-256, which the JSON
+lists in order): a list of a million cards stays a 95 MB binary file instead
+of twice that in hex. They are re-verified when the state is loaded (name
+and signature), so a file edited on disk cannot unlist a card.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -18,7 +22,7 @@ from apdu.blocklist import TrustedBlocklist
 from apdu.signed import SignedObjectError, public_keys
 from terminal.errors import TerminalError
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1 held the blocklist files inline, in hex (still read)
 MAX_DELTAS = 16  # past this, the next sync asks for a full list
 
 
@@ -72,12 +76,13 @@ class PosState:
         self.blocklist = fresh
 
     def to_json(self) -> str:
+        """The state, with the blocklist files named by their SHA-256 (saved apart)."""
         return json.dumps(
             {
                 "version": STATE_VERSION,
                 "terminal_id": self.terminal_id.hex(),
                 "trusted_keys": {k.hex(): v.hex() for k, v in self.trusted_keys.items()},
-                "blocklist_files": [raw.hex() for raw in self.blocklist_files],
+                "blocklist_files": [_name(raw) for raw in self.blocklist_files],
                 "sales": [s.to_json() for s in self.sales],
                 "batch": [s.to_json() for s in self.batch],
             },
@@ -85,17 +90,23 @@ class PosState:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> PosState:
+    def from_json(cls, text: str, folder: Path | None = None) -> PosState:
+        """The state; its blocklist files are read from ``folder`` by name."""
         try:
             data = json.loads(text)
-            if data.get("version") != STATE_VERSION:
+            version = data.get("version")
+            if version not in (1, STATE_VERSION):
                 raise ValueError("unknown state version")
+            if version == 1:
+                lists = [bytes.fromhex(raw) for raw in data["blocklist_files"]]
+            else:
+                lists = [_read_list(folder, name) for name in data["blocklist_files"]]
             state = cls(
                 terminal_id=bytes.fromhex(data["terminal_id"]),
                 trusted_keys={
                     bytes.fromhex(k): bytes.fromhex(v) for k, v in data["trusted_keys"].items()
                 },
-                blocklist_files=[bytes.fromhex(raw) for raw in data["blocklist_files"]],
+                blocklist_files=lists,
                 sales=[Sale.from_json(s) for s in data["sales"]],
                 batch=[Sale.from_json(s) for s in data["batch"]],
             )
@@ -109,16 +120,52 @@ class PosState:
     def load(cls, path: Path, terminal_id: bytes) -> PosState:
         if not path.exists():
             return cls(terminal_id)
-        state = cls.from_json(path.read_text())
+        state = cls.from_json(path.read_text(), _list_folder(path))
         if state.terminal_id != terminal_id:
             raise TerminalError(f"{path}: the state of terminal {state.terminal_id!r}")
         return state
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w") as out:
-            out.write(self.to_json())
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
+        folder = _list_folder(path)
+        keep = {_name(raw): raw for raw in self.blocklist_files}
+        if keep:
+            folder.mkdir(exist_ok=True)
+        for name, raw in keep.items():  # the lists first: the JSON then names only files there
+            target = folder / name
+            if not target.exists():
+                _write_atomically(target, raw)
+        _write_atomically(path, self.to_json().encode())
+        if folder.is_dir():  # lists the state no longer names (a full list replaced them)
+            for old in folder.glob("*.bin"):
+                if old.name not in keep:
+                    old.unlink()
+
+
+def _name(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest() + ".bin"
+
+
+def _list_folder(state_path: Path) -> Path:
+    return state_path.with_name(state_path.stem + ".blocklist")
+
+
+def _read_list(folder: Path | None, name: str) -> bytes:
+    if folder is None or "/" in name or not name.endswith(".bin"):
+        raise ValueError(f"no blocklist file {name!r}")
+    try:
+        raw = (folder / name).read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"blocklist file {folder / name} is missing") from None
+    if _name(raw) != name:
+        raise ValueError(f"blocklist file {folder / name} was changed")
+    return raw
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
