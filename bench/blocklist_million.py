@@ -158,7 +158,7 @@ def child(mode: str, folder: Path) -> dict[str, Any]:
         out = io.StringIO()
         pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(12)
         return {"profile": out.getvalue()}
-    if mode == "pos-state":  # how the POS stub keeps its lists: hex in its JSON state file
+    if mode == "pos-state":  # how the POS stub keeps its state: JSON, the lists beside it
         before = rss_bytes()
         start = time.perf_counter()
         state = PosState.load(folder / "pos.json", POS_ID)
@@ -287,19 +287,22 @@ def main() -> None:
 
 
 def pos_state(folder: Path, issuer: IssuerKey) -> None:
-    """Informational: the POS stub's own state file, which keeps its lists as hex in JSON."""
+    """Informational: the POS stub's own state (JSON, and its lists as binary files beside)."""
     state = PosState(POS_ID, trusted_keys={issuer.key_id: issuer.public})
     state.blocklist_files = [(folder / "blocklist.bin").read_bytes()]
     start = time.perf_counter()
     state.save(folder / "pos.json")
     saved = time.perf_counter() - start
-    size = (folder / "pos.json").stat().st_size
+    size = (folder / "pos.json").stat().st_size + sum(
+        p.stat().st_size for p in (folder / "pos.blocklist").glob("*.bin")
+    )
     del state
     loaded = run_child("pos-state", folder)
     print(
-        f"\n(not a target) the POS stub's state file (terminal/pos_state.py: the list as hex in "
-        f"JSON, re-verified on load): {size / MB:.1f} MB; PosState.save {saved:.2f} s "
-        f"(every save rewrites it); PosState.load {loaded['load_s']:.2f} s, resident peak "
+        f"\n(not a target) the POS stub's saved state (terminal/pos_state.py: JSON, and each "
+        f"signed list as a binary file beside it, re-verified on load): {size / MB:.1f} MB; "
+        f"PosState.save {saved:.2f} s (a list already saved is not written again); "
+        f"PosState.load {loaded['load_s']:.2f} s, resident peak "
         f"{loaded['rss_peak'] / MB:.0f} MB over the process before it"
     )
 
