@@ -69,7 +69,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -95,7 +94,7 @@ from apdu.transport import CardChannel
 from card_os.card import Card
 from card_os.image import ImageFile
 from card_os.purse import PurseApplet
-from card_os.vpcd import Control, VpcdError, VpcdLink
+from card_os.vpcd import Control, VpcdError
 from issuer.centre import REGISTRY_FILE, IssuerCentre
 from issuer.registry import Outcome, RegistryTx, Renewal
 from issuer.session import ReplyKind
@@ -105,6 +104,7 @@ from purse_cli.main import cli
 from terminal.pos_state import PosState
 from tests.issuer_kit import POS_ID, make_issuer
 from tests.purse_kit import CARD_ID, T0, TERMINAL_ID, funded_rig
+from tests.vpcd_kit import FakeVpcd, Reader, patience, sw
 
 SEED = int(os.environ.get("CRASH_SEED", "20270115"))
 PATIENCE = 5.0  # seconds any single wait may take before the test fails
@@ -219,88 +219,6 @@ MAX_AMOUNT = 20  # 20 x 31 x 20 stays under the balance and the offline cap
 START_BALANCE = 50_000
 
 
-def sw(response: bytes) -> int:
-    return int.from_bytes(response[-2:], "big")
-
-
-def patience(seconds: float = PATIENCE) -> Callable[[], bool]:
-    """An ``idle`` callback for VpcdLink.read that fails the test after ``seconds``."""
-    end = time.monotonic() + seconds
-
-    def idle() -> bool:
-        if time.monotonic() > end:
-            raise AssertionError(f"nothing came within {seconds} s")
-        return True
-
-    return idle
-
-
-class Reader:
-    """vpcd's side of one card connection; also a Transport for a PurseClient."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.link = VpcdLink(sock)
-
-    def control(self, code: int) -> None:
-        self.link.write(bytes([code]))
-
-    def exchange(self, apdu: bytes) -> bytes:
-        self.link.write(apdu)
-        return self.link.read(patience())
-
-    @property
-    def atr(self) -> bytes:
-        self.control(Control.GET_ATR)
-        return self.link.read(patience())
-
-    def power_on(self) -> bytes:
-        self.control(Control.POWER_ON)
-        return self.atr
-
-    def power_off(self) -> None:
-        self.control(Control.POWER_OFF)
-
-    def reset(self) -> bytes:
-        self.control(Control.RESET)
-        return self.atr
-
-    def transmit(self, apdu: bytes) -> bytes:
-        return self.exchange(apdu)
-
-    def close(self) -> None:
-        self.link.close()
-
-
-class FakeVpcd:
-    """A listener where vpcd would be: each accepted connection is one card insertion."""
-
-    def __init__(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.server.getsockname()[1]
-
-    def accept(self, timeout: float = COLD_START) -> Reader:
-        self.server.settimeout(timeout)
-        sock, _ = self.server.accept()
-        sock.settimeout(PATIENCE)
-        return Reader(sock)
-
-    def drain(self) -> int:
-        """Close connections a killed server left in the backlog; how many there were."""
-        closed = 0
-        self.server.settimeout(0.05)
-        for _ in range(16):
-            try:
-                sock, _ = self.server.accept()
-            except TimeoutError:
-                break
-            sock.close()
-            closed += 1
-        return closed
-
-    def close(self) -> None:
-        self.server.close()
-
-
 @dataclass
 class PayStream:
     """The PAYs of one iteration, from the reader's side."""
@@ -376,7 +294,7 @@ def test_kill_9_of_card_serve_under_load(tmp_path: Path) -> None:
     assert state.balance == START_BALANCE
     when = T0 + 60
     tally: Counter[str] = Counter()
-    vpcd = FakeVpcd()
+    vpcd = FakeVpcd(PATIENCE)
     try:
         for iteration in range(SERVE_ITERATIONS):
             mode = SERVE_MODES[iteration % len(SERVE_MODES)]
@@ -399,7 +317,7 @@ def test_kill_9_of_card_serve_under_load(tmp_path: Path) -> None:
                     time.sleep(rng.uniform(0.0, 0.5))
                     kill_9(proc)
                 else:
-                    reader = vpcd.accept()
+                    reader = vpcd.accept(COLD_START)
                     try:
                         reader.control(Control.POWER_ON)
                         client = PurseClient(CardChannel(reader))

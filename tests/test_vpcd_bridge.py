@@ -46,8 +46,6 @@ from click.testing import CliRunner, Result
 from apdu.atr import build_atr
 from apdu.command import CommandApdu
 from apdu.purse import PURSE_AID, PayData
-from apdu.purse_client import PurseClient
-from apdu.transport import CardChannel
 from card_os import vpcd
 from card_os.card import DEFAULT_ATR, Card
 from card_os.image import ImageError, ImageFile, image_lock
@@ -68,9 +66,9 @@ from card_os.vpcd import (
 )
 from purse_cli.main import cli
 from tests.purse_kit import PIN, T0, TERMINAL_ID, funded_rig, make_rig
+from tests.vpcd_kit import PATIENCE, FakeVpcd, patience, sw
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
-PATIENCE = 3.0  # seconds any single wait in this file may take before the test fails
 FAST_TICK = 0.05
 
 SELECT_PURSE = bytes.fromhex("00A4040008") + PURSE_AID  # no Le: the card answers 61XX
@@ -80,10 +78,6 @@ SW_OK = 0x9000
 SW_INS_NOT_SUPPORTED = 0x6D00  # what the card answers with no applet selected
 SW_SECURITY = 0x6982
 SW_UNKNOWN_ERROR = 0x6F00
-
-
-def sw(response: bytes) -> int:
-    return int.from_bytes(response[-2:], "big")
 
 
 def pay_apdu(amount: int, now: int) -> bytes:
@@ -97,18 +91,6 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-def patience(seconds: float = PATIENCE) -> Callable[[], bool]:
-    """An ``idle`` callback that keeps waiting, and fails the test after ``seconds``."""
-    end = time.monotonic() + seconds
-
-    def idle() -> bool:
-        if time.monotonic() > end:
-            raise AssertionError(f"nothing came within {seconds} s")
-        return True
-
-    return idle
 
 
 @pytest.fixture
@@ -154,78 +136,6 @@ def in_thread(work: Callable[[], object]) -> Iterator[list[BaseException]]:
 
 
 # the fake vpcd -----------------------------------------------------------------------
-class Reader:
-    """What vpcd does on one accepted connection; also a Transport for PurseClient."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.link = VpcdLink(sock)
-
-    def control(self, code: int) -> None:
-        self.link.write(bytes([code]))
-
-    def receive(self) -> bytes:
-        return self.link.read(patience())
-
-    def send(self, apdu: bytes) -> bytes:
-        self.link.write(apdu)
-        return self.receive()
-
-    def expect_closed(self) -> None:
-        """The bridge closes the connection without answering."""
-        with pytest.raises(LinkClosed):
-            self.link.read(patience())
-
-    def close(self) -> None:
-        self.link.close()
-
-    # the Transport protocol (apdu.transport), so that a PurseClient can drive the card
-    @property
-    def atr(self) -> bytes:
-        self.control(Control.GET_ATR)
-        return self.receive()
-
-    def power_on(self) -> bytes:
-        self.control(Control.POWER_ON)
-        return self.atr
-
-    def power_off(self) -> None:
-        self.control(Control.POWER_OFF)
-
-    def reset(self) -> bytes:
-        self.control(Control.RESET)
-        return self.atr
-
-    def transmit(self, apdu: bytes) -> bytes:
-        return self.send(apdu)
-
-    def client(self) -> PurseClient:
-        return PurseClient(CardChannel(self))
-
-
-class FakeVpcd:
-    """A listener where vpcd would be; each accept is one card insertion."""
-
-    def __init__(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.server.getsockname()[1]
-        self._open: list[socket.socket] = []
-
-    def accept_raw(self, timeout: float = PATIENCE) -> socket.socket:
-        self.server.settimeout(timeout)
-        sock, _ = self.server.accept()
-        sock.settimeout(PATIENCE)
-        self._open.append(sock)
-        return sock
-
-    def accept(self, timeout: float = PATIENCE) -> Reader:
-        return Reader(self.accept_raw(timeout))
-
-    def close(self) -> None:
-        for sock in self._open:
-            sock.close()
-        self.server.close()
-
-
 @pytest.fixture
 def fake_vpcd() -> Iterator[FakeVpcd]:
     server = FakeVpcd()
