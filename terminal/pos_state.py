@@ -75,14 +75,20 @@ class PosState:
             raise TerminalError(f"the stored blocklist does not verify ({err})") from None
         self.blocklist = fresh
 
-    def to_json(self) -> str:
-        """The state, with the blocklist files named by their SHA-256 (saved apart)."""
+    def to_json(self, names: list[str] | None = None) -> str:
+        """The state, with the blocklist files named by their SHA-256 (saved apart).
+
+        ``names``: those names, when the caller has them (hashing a large list twice
+        is wasted work).
+        """
+        if names is None:
+            names = [_name(raw) for raw in self.blocklist_files]
         return json.dumps(
             {
                 "version": STATE_VERSION,
                 "terminal_id": self.terminal_id.hex(),
                 "trusted_keys": {k.hex(): v.hex() for k, v in self.trusted_keys.items()},
-                "blocklist_files": [_name(raw) for raw in self.blocklist_files],
+                "blocklist_files": names,
                 "sales": [s.to_json() for s in self.sales],
                 "batch": [s.to_json() for s in self.batch],
             },
@@ -128,14 +134,15 @@ class PosState:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         folder = _list_folder(path)
-        keep = {_name(raw): raw for raw in self.blocklist_files}
+        names = [_name(raw) for raw in self.blocklist_files]
+        keep = dict(zip(names, self.blocklist_files, strict=True))
         if keep:
             folder.mkdir(exist_ok=True)
         for name, raw in keep.items():  # the lists first: the JSON then names only files there
             target = folder / name
             if not target.exists():
                 _write_atomically(target, raw)
-        _write_atomically(path, self.to_json().encode())
+        _write_atomically(path, self.to_json(names).encode())
         if folder.is_dir():  # lists the state no longer names (a full list replaced them)
             for old in folder.glob("*.bin"):
                 if old.name not in keep:
